@@ -1,0 +1,6 @@
+"""Isaac model code: pure nn.Modules, no torch.distributed."""
+
+from .config import IsaacConfig, IsaacVisionConfig
+from .modeling import IsaacForConditionalGeneration, IsaacModel, IsaacPreTrainedModel
+
+__all__ = ["IsaacConfig", "IsaacVisionConfig", "IsaacForConditionalGeneration", "IsaacModel", "IsaacPreTrainedModel"]

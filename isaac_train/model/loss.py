@@ -1,0 +1,67 @@
+"""Next-token loss over packed rows: a sum and a count, never the whole row's fp32 logits.
+
+Labels are aligned with the inputs (as in transformers) and shifted here, within each document: the last token
+of a document predicts nothing (never the first token of the next document in the row). Returning the sum over
+label tokens and their number lets gradient accumulation and data parallelism divide by the *global* count.
+Only positions that carry a label go through the LM head, in chunks whose fp32 logits are recomputed in the
+backward pass instead of being kept.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+def shift_labels(labels: torch.Tensor, segment_starts: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) labels aligned with inputs -> targets for each position (next token of the same document).
+
+    `segment_starts` is a bool (B, T) marking each document's first token; a position followed by a document
+    start gets IGNORE_INDEX.
+    """
+    shifted = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    if segment_starts is not None:
+        next_starts = F.pad(segment_starts[:, 1:], (0, 1), value=True)
+        shifted = shifted.masked_fill(next_starts, IGNORE_INDEX)
+    return shifted
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight).float()
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def lm_loss_sum(
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of cross-entropy over positions whose target is not IGNORE_INDEX, and how many there are.
+
+    Args:
+        hidden_states: (..., D) final hidden states.
+        lm_head_weight: (V, D) output projection.
+        targets: (...) already-shifted targets.
+        chunk_size: rows of logits materialised at once.
+    """
+    flat_targets = targets.reshape(-1)
+    keep = flat_targets != IGNORE_INDEX
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]
+    wanted = flat_targets[keep]
+    count = keep.sum()
+    total = hidden_states.new_zeros((), dtype=torch.float32)
+    if hidden.shape[0] == 0:
+        # Keep the graph connected so every rank runs the same backward (DDP/FSDP would otherwise hang).
+        return total + 0.0 * hidden_states.sum() + 0.0 * lm_head_weight.sum(), count
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], wanted[start : start + chunk_size]
+        if grad:
+            total = total + checkpoint(_chunk_loss_sum, h, lm_head_weight, y, use_reentrant=False)
+        else:
+            total = total + _chunk_loss_sum(h, lm_head_weight, y)
+    return total, count

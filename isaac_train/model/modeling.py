@@ -1,0 +1,359 @@
+"""Isaac model: Qwen3 decoder with 3-D mRoPE over packed text/image rows, SigLIP2 vision embedding.
+
+Inputs (every tensor optional but one of input_ids / inputs_embeds / tensor_stream):
+- `input_ids` (B, T): text ids, `config.image_token_id` wherever an image token goes.
+- `pixel_values` (sum_i H_i*W_i, 3*p*p): all images' patches, in the order their placeholders appear.
+- `image_grid_hw` (n_img, 2): each image's real patch grid (H_i, W_i) (its decoder tokens: H_i*W_i / s^2).
+- `position_ids` (B, T, 3): (t, h, w) positions; derived from the ids and grids when absent.
+- `cu_seqlens` (n_docs + 1,): document boundaries over the flattened B*T tokens of packed rows; attention
+  never crosses them and positions restart at each. Padding at a row's tail must be a segment of its own.
+- `attention_mask` (B, T): 1 for real tokens, 0 for padding (batched inference).
+- `tensor_stream`: a TensorStream, embedded directly (text and vision) with positions taken from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm
+
+from ..processing.tensor_stream import Modality, TensorStream
+from .attention import (
+    ATTN_FUNCTION_NAME,
+    AttentionSpec,
+    block_mask_from_cu_seqlens,
+    padded_causal_mask,
+    resolve_backend,
+)
+from .config import IsaacConfig
+from .loss import lm_loss_sum, shift_labels
+from .rope import IsaacRotaryEmbedding, mrope_positions
+from .vision import IsaacVisionEmbedding
+
+
+@dataclass
+class IsaacModelOutput(BaseModelOutputWithPast):
+    """Decoder output plus what generation and the loss need: per-row rope delta and document starts."""
+
+    rope_deltas: torch.Tensor | None = None
+    segment_starts: torch.Tensor | None = None
+
+
+@dataclass
+class IsaacCausalLMOutput(CausalLMOutputWithPast):
+    """`loss` is loss_sum / (num_items_in_batch or num_label_tokens); the parts are returned for global means."""
+
+    loss_sum: torch.Tensor | None = None
+    num_label_tokens: torch.Tensor | None = None
+    rope_deltas: torch.Tensor | None = None
+
+
+class IsaacPreTrainedModel(PreTrainedModel):
+    config_class = IsaacConfig
+    config: IsaacConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Qwen3DecoderLayer", "Siglip2EncoderLayer"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\."]
+
+
+def segment_starts_from(
+    batch: int,
+    length: int,
+    device: torch.device,
+    cu_seqlens: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """bool (B, T): the first token of every document (packed rows) or padding/real run (padded rows)."""
+    if cu_seqlens is not None:
+        cu = cu_seqlens.to(device=device, dtype=torch.long)
+        total = batch * length
+        row_starts = torch.arange(0, total, length, device=device)
+        if int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(
+                f"cu_seqlens must rise from 0 to B*T={total} (put a row's padding tail in its own segment); got "
+                f"{cu.tolist()[:8]}..."
+            )
+        if not torch.isin(row_starts, cu).all():
+            raise ValueError("cu_seqlens has a document crossing a row boundary; every row must start a segment")
+        starts = torch.zeros(total, dtype=torch.bool, device=device)
+        starts[cu[:-1]] = True
+        return starts.view(batch, length)
+    starts = torch.zeros(batch, length, dtype=torch.bool, device=device)
+    starts[:, 0] = True
+    if attention_mask is not None and attention_mask.shape[1] == length:
+        keep = attention_mask.to(device=device, dtype=torch.bool)
+        starts[:, 1:] |= keep[:, 1:] != keep[:, :-1]
+    return starts
+
+
+class IsaacModel(IsaacPreTrainedModel):
+    """Isaac without the LM head. Module names follow Isaac-0.1's checkpoint layout (`embed_tokens`, `layers`,
+    `norm`, `vision_embedding`); Isaac-0.2's `text_model.` prefix is mapped on load and save."""
+
+    def __init__(self, config: IsaacConfig) -> None:
+        super().__init__(config)
+        text = config.text_config.__class__(**config.text_config.to_dict())
+        text._attn_implementation = ATTN_FUNCTION_NAME  # private copy: our attention function, whatever HF sets
+        self.text_config = text
+        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size, text.pad_token_id)
+        self.layers = nn.ModuleList([Qwen3DecoderLayer(text, i) for i in range(text.num_hidden_layers)])
+        self.norm = Qwen3RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
+        self.rotary_emb = IsaacRotaryEmbedding(text.head_dim, config.rope_theta, config.mrope_section)
+        self.vision_embedding = IsaacVisionEmbedding(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    @property
+    def merge(self) -> int:
+        return self.config.vision_config.pixel_shuffle_scale_factor
+
+    def embed(
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_grid_hw: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Token embeddings with each image's projected features written over its placeholder tokens."""
+        image_mask = input_ids == self.config.image_token_id
+        embeds = self.embed_tokens(input_ids.masked_fill(image_mask, 0))
+        if pixel_values is None:
+            if image_mask.any():
+                raise ValueError(
+                    f"input_ids hold {int(image_mask.sum())} image tokens (id {self.config.image_token_id}) but no "
+                    "pixel_values were given"
+                )
+            return embeds
+        if image_grid_hw is None:
+            raise ValueError("pixel_values need image_grid_hw (the (H, W) patch grid of each image)")
+        features = self.vision_embedding(pixel_values, image_grid_hw.to(pixel_values.device)).to(embeds.dtype)
+        if features.shape[0] != int(image_mask.sum()):
+            raise ValueError(
+                f"the images give {features.shape[0]} decoder tokens but input_ids hold {int(image_mask.sum())} image "
+                f"tokens (id {self.config.image_token_id}); the processor must put (H/{self.merge})*(W/{self.merge}) "
+                "placeholders per image"
+            )
+        return embeds.masked_scatter(image_mask[..., None], features)
+
+    def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed a TensorStream (text and images) and return (inputs_embeds, position_ids) for it.
+
+        The vision tower encodes every image whole; an image cut by left truncation contributes only the live
+        part of its features, with its original (h, w) positions.
+        """
+        device = self.embed_tokens.weight.device
+        input_ids = tensor_stream.input_ids(self.config.image_token_id).to(device)
+        image_mask = tensor_stream.modality_mask().to(device) == int(Modality.image)
+        embeds = self.embed_tokens(input_ids.masked_fill(image_mask, 0))
+        patches, grids = tensor_stream.image_patches()
+        if patches is not None:
+            features = self.vision_embedding(patches.to(device), grids.to(device)).to(embeds.dtype)
+            counts = ((grids[:, 0] // self.merge) * (grids[:, 1] // self.merge)).tolist()
+            live = [f[lo:hi] for f, (lo, hi) in zip(features.split(counts), tensor_stream.image_token_slices(), strict=True)]
+            embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(live))
+        return embeds, tensor_stream.position_ids().to(device)
+
+    def compute_position_ids(
+        self, input_ids: torch.Tensor, image_grid_hw: torch.Tensor | None, segment_starts: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, 3) positions from placeholder ids and image grids, restarting at every segment start."""
+        b, t = input_ids.shape
+        image_mask = (input_ids == self.config.image_token_id).reshape(-1)
+        if image_grid_hw is None:
+            grids = torch.zeros(0, 2, dtype=torch.long, device=input_ids.device)
+        else:
+            grids = image_grid_hw.to(input_ids.device) // self.merge
+        return mrope_positions(image_mask, grids, segment_starts.reshape(-1)).view(b, t, 3)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hw: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        tensor_stream: TensorStream | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        rope_deltas: torch.Tensor | None = None,
+        **_: object,
+    ) -> IsaacModelOutput:
+        """Run the decoder; see the module docstring for the inputs."""
+        if tensor_stream is not None:
+            inputs_embeds, stream_positions = self.embed_stream(tensor_stream)
+            position_ids = stream_positions if position_ids is None else position_ids
+        elif inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("give input_ids, inputs_embeds or tensor_stream")
+            inputs_embeds = self.embed(input_ids, pixel_values, image_grid_hw)
+        b, t = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.text_config)
+        past = cache.get_seq_length() if cache is not None else 0
+        if cu_seqlens is not None and past:
+            raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache")
+        starts = segment_starts_from(b, t, device, cu_seqlens, attention_mask if past == 0 else None)
+
+        if position_ids is None:
+            if past == 0:
+                if input_ids is None:
+                    raise ValueError("position_ids are needed when the model is called with inputs_embeds")
+                position_ids = self.compute_position_ids(input_ids, image_grid_hw, starts)
+            else:
+                if rope_deltas is None:
+                    rope_deltas = torch.zeros(b, dtype=torch.long, device=device)
+                step = torch.arange(past, past + t, device=device)[None] + rope_deltas.to(device)[:, None]
+                position_ids = step[..., None].expand(b, t, 3)
+        if past == 0:
+            # Decode positions continue from the largest prefill position on any axis (isaac_spec.md §7.4).
+            rope_deltas = position_ids.amax(dim=(1, 2)) + 1 - t
+
+        backend = resolve_backend(self.config.attn_backend, device, inputs_embeds.dtype)
+        needs_dense = past > 0 or (cache is not None and attention_mask is not None)
+        if needs_dense:
+            # Decoding against a KV cache goes through SDPA with an explicit mask (a one-token query is cheap).
+            spec = AttentionSpec(
+                backend="eager" if backend == "eager" else "sdpa",
+                causal=True,
+                dense_mask=padded_causal_mask(attention_mask, b, t, past, device),
+            )
+        else:
+            flat_starts = starts.reshape(-1).nonzero().squeeze(1)
+            cu = torch.cat([flat_starts, flat_starts.new_tensor([b * t])]).to(torch.int32)
+            spec = AttentionSpec(backend=backend, causal=True, cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()))
+            if backend in ("sdpa", "eager"):
+                spec.dense_mask = block_mask_from_cu_seqlens(cu, b, t, causal=True)
+
+        cos_sin = self.rotary_emb(position_ids.to(device), inputs_embeds.dtype)
+        hidden = inputs_embeds
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=spec, position_embeddings=cos_sin, cache=cache, use_cache=use_cache)
+        hidden = self.norm(hidden)
+        return IsaacModelOutput(
+            last_hidden_state=hidden, cache=cache, rope_deltas=rope_deltas, segment_starts=starts
+        )
+
+
+class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
+    """Isaac with its (untied) LM head: logits, packed-row loss, and `generate` with a KV cache."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: IsaacConfig) -> None:
+        super().__init__(config)
+        self.model = IsaacModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.embed_stream(tensor_stream)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hw: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        tensor_stream: TensorStream | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        rope_deltas: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        return_logits: bool | None = None,
+        **kwargs: object,
+    ) -> IsaacCausalLMOutput:
+        """Logits and/or the loss. With `labels` (aligned with the inputs, -100 = no loss) the loss is the sum of
+        next-token cross-entropy within each document divided by `num_items_in_batch` (or the number of label
+        tokens). `return_logits` defaults to False when training with labels: the loss never needs the row's
+        full logits."""
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            pixel_values=pixel_values, image_grid_hw=image_grid_hw, cu_seqlens=cu_seqlens,
+            tensor_stream=tensor_stream, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
+            rope_deltas=rope_deltas,
+        )
+        hidden = out.last_hidden_state
+        loss = loss_sum = count = None
+        if labels is not None:
+            targets = shift_labels(labels.to(hidden.device), out.segment_starts)
+            loss_sum, count = lm_loss_sum(hidden, self.lm_head.weight, targets)
+            denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+            loss = loss_sum / denom
+        if return_logits is None:
+            return_logits = labels is None or not self.training
+        logits = None
+        if return_logits:
+            kept = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+            logits = self.lm_head(kept)
+        return IsaacCausalLMOutput(
+            loss=loss, logits=logits, cache=out.cache, loss_sum=loss_sum,
+            num_label_tokens=count, rope_deltas=out.rope_deltas,
+        )
+
+    # ---- generation -------------------------------------------------------------------------------------
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hw: torch.Tensor | None = None,
+        tensor_stream: TensorStream | None = None,
+        position_ids: torch.Tensor | None = None,
+        rope_deltas: torch.Tensor | None = None,
+        is_first_iteration: bool | None = False,
+        **kwargs: object,
+    ) -> dict:
+        """Images, the stream and explicit positions go in at the first step only; later steps take their
+        positions from the cache length plus the prefill's rope delta."""
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, cache=cache, attention_mask=attention_mask, is_first_iteration=is_first_iteration, **kwargs
+        )
+        prefill = cache is None or cache.get_seq_length() == 0
+        if prefill:
+            inputs.update(
+                pixel_values=pixel_values, image_grid_hw=image_grid_hw, tensor_stream=tensor_stream,
+                position_ids=position_ids,
+            )
+        else:
+            inputs["rope_deltas"] = rope_deltas
+        return inputs
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):  # noqa: ANN001
+        return None  # 1-D positions cannot express mRoPE; the model derives (t, h, w) itself
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, *args, **kwargs):  # noqa: ANN001
+        model_kwargs.pop("position_ids", None)  # (B, T, 3): positions after the prompt come from rope_deltas
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, *args, **kwargs)
+        if getattr(outputs, "rope_deltas", None) is not None and model_kwargs.get("rope_deltas") is None:
+            model_kwargs["rope_deltas"] = outputs.rope_deltas
+        return model_kwargs

@@ -1,0 +1,1 @@
+"""Processing: TensorStream, image processor, IsaacProcessor."""

@@ -1,0 +1,133 @@
+"""TensorStream: a sample as an ordered list of text and image events (isaac_spec.md §6), our own code.
+
+An event is a run of text token ids or one image's patches, with its layout in decoder tokens
+(`dims_virtual`: text (n, 1, 1), image (1, H/32, W/32)) and in real tensor rows (`dims_real`: image
+(1, H/16, W/16)), the live part of its virtual tokens (`idx_range`, partial after left truncation) and a role
+(None = always in the loss, as in Perceptron's streams). A TensorStream holds one list of events per batch row.
+The model embeds a stream directly (`IsaacModel.embed_stream`) and derives the 3-D RoPE positions from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+
+import torch
+
+
+class Modality(IntEnum):
+    """Perceptron's codes: VisionType.image = 0, TextType.text = 1, TextType.padding = 2."""
+
+    image = 0
+    text = 1
+    padding = 2
+
+
+@dataclass
+class Event:
+    """One text run or one image of a stream."""
+
+    type: Modality
+    data: torch.Tensor  # text: (n,) long ids; image: (H*W, 3*p*p) float patches
+    dims_virtual: tuple[int, int, int]
+    dims_real: tuple[int, int, int]
+    idx_range: tuple[int, int]
+    role: str | None = None
+    time: tuple[float, float] = (0.0, 0.0)
+    tags: dict = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, ids: torch.Tensor | list[int], role: str | None = None, time: float = 0.0) -> Event:
+        ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
+        n = ids.numel()
+        return cls(Modality.text, ids, (n, 1, 1), (n, 1, 1), (0, n), role, (time, time))
+
+    @classmethod
+    def image(
+        cls, patches: torch.Tensor, grid: tuple[int, int], merge: int, role: str | None = None, time: float = 0.0
+    ) -> Event:
+        h, w = int(grid[0]), int(grid[1])
+        if patches.shape[0] != h * w:
+            raise ValueError(f"image event has {patches.shape[0]} patches but its grid {h}x{w} needs {h * w}")
+        if h % merge or w % merge:
+            raise ValueError(f"image grid {h}x{w} is not divisible by the pixel shuffle scale {merge}")
+        virtual = (1, h // merge, w // merge)
+        return cls(Modality.image, patches, virtual, (1, h, w), (0, virtual[1] * virtual[2]), role, (time, time))
+
+    def num_tokens(self, partial: bool = True) -> int:
+        if partial:
+            return self.idx_range[1] - self.idx_range[0]
+        return self.dims_virtual[0] * self.dims_virtual[1] * self.dims_virtual[2]
+
+    def slice_tokens(self, start: int, end: int) -> Event:
+        """Narrow the live range to virtual tokens [start, end) of this event (within the current range)."""
+        lo, hi = self.idx_range
+        return replace(self, idx_range=(max(lo, start), min(hi, end)))
+
+
+@dataclass
+class TensorStream:
+    """One list of events per batch row."""
+
+    rows: list[list[Event]]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        lengths = {sum(e.num_tokens() for e in row) for row in self.rows}
+        if len(lengths) != 1:
+            raise ValueError(f"TensorStream rows have different lengths {sorted(lengths)}; pad them first")
+        return len(self.rows), lengths.pop()
+
+    def events(self, modality: Modality | None = None) -> list[Event]:
+        """All events of all rows in order, optionally of one modality."""
+        return [e for row in self.rows for e in row if modality is None or e.type == modality]
+
+    def modality_mask(self) -> torch.Tensor:
+        """(B, T) long: the modality code of every live token."""
+        return torch.stack([
+            torch.cat([torch.full((e.num_tokens(),), int(e.type), dtype=torch.long) for e in row]) for row in self.rows
+        ])
+
+    def position_ids(self) -> torch.Tensor:
+        """(B, T, 3) long mRoPE positions (isaac_spec.md §6.5), text as (t, t, t)."""
+        rows = []
+        for row in self.rows:
+            parts, counter = [], 0
+            for e in row:
+                t_len, h, w = e.dims_virtual
+                t = torch.arange(counter, counter + t_len).repeat_interleave(h * w)
+                hh = torch.arange(h).repeat_interleave(w).repeat(t_len)
+                ww = torch.arange(w).repeat(t_len * h)
+                pos = torch.stack([t, hh, ww], dim=-1) if e.type == Modality.image else torch.stack([t, t, t], -1)
+                parts.append(pos[e.idx_range[0] : e.idx_range[1]])
+                counter += t_len
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    def input_ids(self, image_token_id: int, pad_token_id: int = 0) -> torch.Tensor:
+        """(B, T) ids: text ids, `image_token_id` at image positions, `pad_token_id` at padding."""
+        rows = []
+        for row in self.rows:
+            parts = []
+            for e in row:
+                lo, hi = e.idx_range
+                if e.type == Modality.text:
+                    parts.append(e.data.reshape(-1)[lo:hi].long())
+                else:
+                    fill = image_token_id if e.type == Modality.image else pad_token_id
+                    parts.append(torch.full((hi - lo,), fill, dtype=torch.long))
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    def image_patches(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """All images' full patches concatenated in stream order, and their real grids (n, 2)."""
+        images = self.events(Modality.image)
+        if not images:
+            return None, None
+        patches = torch.cat([e.data for e in images])
+        grids = torch.tensor([e.dims_real[1:] for e in images], dtype=torch.long)
+        return patches, grids
+
+    def image_token_slices(self) -> list[tuple[int, int]]:
+        """For each image in order, the live part (start, end) of its full run of projected features."""
+        return [e.idx_range for e in self.events(Modality.image)]

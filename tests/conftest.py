@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny Isaac models and random packed inputs, all built locally (no hub downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import isaac_train  # noqa: E402,F401  (registers the Auto classes)
+from isaac_train.model import IsaacForConditionalGeneration  # noqa: E402
+from isaac_train.model.tiny import tiny_config  # noqa: E402
+
+GOLDEN_DIR = Path(__file__).parent / "golden" / "reference_tiny"
+IMAGE_TOKEN = 511  # tiny_config's image_token_id; random text ids stay below it
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Redraw every parameter (norm weights around 1) so no tensor is trivially zero or one."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.05 * noise)
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> IsaacForConditionalGeneration:
+    torch.manual_seed(0)
+    model = IsaacForConditionalGeneration(tiny_config(attn_backend="sdpa", image_token_id=IMAGE_TOKEN))
+    return randomize_(model).eval()
+
+
+def make_document(gen: torch.Generator, pieces: list, patch_dim: int = 768) -> dict:
+    """One document from pieces: an int n = n random text tokens, a (H, W) tuple = an image with that real grid.
+
+    Returns input_ids (T,), pixel_values (N, patch_dim), image_grid_hw (n, 2).
+    """
+    ids, patches, grids = [], [], []
+    for piece in pieces:
+        if isinstance(piece, int):
+            ids.append(torch.randint(6, IMAGE_TOKEN, (piece,), generator=gen))
+        else:
+            h, w = piece
+            ids.append(torch.full((h * w // 4,), IMAGE_TOKEN))
+            patches.append(torch.randn(h * w, patch_dim, generator=gen))
+            grids.append(torch.tensor([h, w]))
+    return {
+        "input_ids": torch.cat(ids),
+        "pixel_values": torch.cat(patches) if patches else None,
+        "image_grid_hw": torch.stack(grids) if grids else None,
+    }
+
+
+def pack(docs: list[dict], pad_to: int | None = None) -> dict:
+    """Pack documents into one row with cu_seqlens (the padding tail, if any, as its own segment)."""
+    ids = torch.cat([d["input_ids"] for d in docs])
+    lengths = [len(d["input_ids"]) for d in docs]
+    if pad_to is not None and pad_to > len(ids):
+        lengths.append(pad_to - len(ids))
+        ids = torch.cat([ids, torch.zeros(pad_to - len(ids), dtype=torch.long)])
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    pv = [d["pixel_values"] for d in docs if d["pixel_values"] is not None]
+    gr = [d["image_grid_hw"] for d in docs if d["image_grid_hw"] is not None]
+    return {
+        "input_ids": ids[None],
+        "cu_seqlens": cu,
+        "pixel_values": torch.cat(pv) if pv else None,
+        "image_grid_hw": torch.cat(gr) if gr else None,
+    }
+
+
+def single(doc: dict) -> dict:
+    return {**doc, "input_ids": doc["input_ids"][None]}
