@@ -31,6 +31,7 @@ from .attention import (
     resolve_backend,
 )
 from .config import IsaacConfig
+from .layouts import LOAD_KEY_MAPPING, to_layout
 from .loss import lm_loss_sum, shift_labels
 from .rope import IsaacRotaryEmbedding, mrope_positions
 from .vision import IsaacVisionEmbedding
@@ -54,6 +55,8 @@ class IsaacCausalLMOutput(CausalLMOutputWithPast):
 
 
 class IsaacPreTrainedModel(PreTrainedModel):
+    """Loads either Perceptron layout and saves in `config.checkpoint_layout` (see layouts.py)."""
+
     config_class = IsaacConfig
     config: IsaacConfig
     base_model_prefix = "model"
@@ -63,6 +66,19 @@ class IsaacPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     _keys_to_ignore_on_load_unexpected = [r"rotary_emb\."]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):  # noqa: ANN002, ANN003, ANN206
+        kwargs.setdefault("key_mapping", LOAD_KEY_MAPPING)
+        return super().from_pretrained(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        """Write weights named as in `config.checkpoint_layout` ("0.1": model.layers.*, "0.2": model.text_model.*)."""
+        if state_dict is None:
+            state_dict = self.state_dict()
+        state_dict = to_layout(state_dict, self.config.checkpoint_layout, prefixed=self.base_model is not self)
+        kwargs["save_original_format"] = False  # our names are final; transformers must not rename them again
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
 
 def segment_starts_from(
@@ -219,8 +235,10 @@ class IsaacModel(IsaacPreTrainedModel):
                 step = torch.arange(past, past + t, device=device)[None] + rope_deltas.to(device)[:, None]
                 position_ids = step[..., None].expand(b, t, 3)
         if past == 0:
-            # Decode positions continue from the largest prefill position on any axis (isaac_spec.md §7.4).
-            rope_deltas = position_ids.amax(dim=(1, 2)) + 1 - t
+            # Decode positions continue from the largest prefill position on any axis (isaac_spec.md §7.4);
+            # padding tokens do not count.
+            real = position_ids if attention_mask is None else position_ids * attention_mask[..., None].to(device)
+            rope_deltas = real.amax(dim=(1, 2)) + 1 - t
 
         backend = resolve_backend(self.config.attn_backend, device, inputs_embeds.dtype)
         needs_dense = past > 0 or (cache is not None and attention_mask is not None)
