@@ -80,3 +80,13 @@ def pack(docs: list[dict], pad_to: int | None = None) -> dict:
 
 def single(doc: dict) -> dict:
     return {**doc, "input_ids": doc["input_ids"][None]}
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip cleanly without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -176,7 +176,8 @@ class IsaacModel(IsaacPreTrainedModel):
         if patches is not None:
             features = self.vision_embedding(patches.to(device), grids.to(device)).to(embeds.dtype)
             counts = ((grids[:, 0] // self.merge) * (grids[:, 1] // self.merge)).tolist()
-            live = [f[lo:hi] for f, (lo, hi) in zip(features.split(counts), tensor_stream.image_token_slices(), strict=True)]
+            slices = tensor_stream.image_token_slices()
+            live = [f[lo:hi] for f, (lo, hi) in zip(features.split(counts), slices, strict=True)]
             embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(live))
         return embeds, tensor_stream.position_ids().to(device)
 

@@ -71,14 +71,14 @@ def pixel_shuffle_index(grids: torch.Tensor, scale: int) -> torch.Tensor:
 class IsaacVisionTransformer(nn.Module):
     """`vision_embedding.0`: embeddings, SigLIP2 encoder over packed images, post-layernorm, pixel shuffle."""
 
-    def __init__(self, config: IsaacVisionConfig, attn_backend: str) -> None:
+    def __init__(self, config: IsaacVisionConfig, parent: IsaacConfig) -> None:
         super().__init__()
         # A private copy whose attention implementation is ours; the parent config may be re-dispatched by
         # transformers (sdpa/eager) without touching the layers.
         layer_config = copy.deepcopy(config)
         layer_config._attn_implementation = ATTN_FUNCTION_NAME
         self.config = config
-        self.attn_backend = attn_backend
+        self.parent_config = parent  # the one `attn_backend` switch lives there
         self.embeddings = IsaacVisionEmbeddings(layer_config)
         self.encoder = Siglip2Encoder(layer_config)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -87,7 +87,7 @@ class IsaacVisionTransformer(nn.Module):
     def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
         hidden = self.embeddings(patches, grids)
         cu = grid_cu_seqlens(grids).to(hidden.device)
-        backend = resolve_backend(self.attn_backend, hidden.device, hidden.dtype)
+        backend = resolve_backend(self.parent_config.attn_backend, hidden.device, hidden.dtype)
         spec = AttentionSpec(backend=backend, causal=False, cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()))
         if backend in ("sdpa", "eager"):
             spec.dense_mask = block_mask_from_cu_seqlens(cu, 1, hidden.shape[0], causal=False)
@@ -110,7 +110,7 @@ class IsaacVisionEmbedding(nn.Sequential):
         vc = config.vision_config
         merged = vc.hidden_size * vc.pixel_shuffle_scale_factor**2
         super().__init__(
-            IsaacVisionTransformer(vc, config.attn_backend),
+            IsaacVisionTransformer(vc, config),
             nn.Linear(merged, 4 * merged, bias=False),
             nn.SiLU(),
             nn.Linear(4 * merged, config.hidden_size, bias=False),

@@ -17,7 +17,6 @@ def test_sdpa_and_eager_agree(tiny_model):
     with torch.no_grad():
         sdpa = tiny_model(**batch).logits
         tiny_model.config.attn_backend = "eager"
-        tiny_model.model.vision_embedding[0].attn_backend = "eager"
         eager = tiny_model(**batch).logits
     torch.testing.assert_close(sdpa, eager, atol=1e-5, rtol=0)
 
@@ -46,3 +45,9 @@ def test_padding_rows_never_produce_nan():
     q = torch.randn(2, 2, 4, 8)
     out = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
     assert torch.isfinite(out).all()
+
+
+def test_the_one_switch_also_drives_the_vision_tower(tiny_model):
+    tiny_model.config.attn_backend = "varlen"
+    with pytest.raises(RuntimeError, match="needs a CUDA device"):
+        tiny_model.model.vision_embedding(torch.randn(16, 768), torch.tensor([[4, 4]]))
