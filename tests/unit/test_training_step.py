@@ -13,7 +13,8 @@ from ..conftest import IMAGE_TOKEN, make_document, pack
 
 
 def _batch():
-    docs = [make_document(torch.Generator().manual_seed(i), p) for i, p in enumerate([[5, (4, 6), 3], [9], [(2, 2), 4]])]
+    pieces = [[5, (4, 6), 3], [9], [(2, 2), 4]]
+    docs = [make_document(torch.Generator().manual_seed(i), p) for i, p in enumerate(pieces)]
     batch = pack(docs, pad_to=40)
     batch["labels"] = batch["input_ids"].masked_fill(batch["input_ids"] == IMAGE_TOKEN, -100)
     return batch
