@@ -16,7 +16,8 @@ from isaac_train.model import IsaacForConditionalGeneration  # noqa: E402
 from isaac_train.model.tiny import tiny_config  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "reference_tiny"
-IMAGE_TOKEN = 511  # tiny_config's image_token_id; random text ids stay below it
+IMAGE_TOKEN = 498  # tiny_config's image_token_id (<|image_pad|> of the tiny tokenizer)
+TEXT_IDS = (6, 486)  # random text ids: plain BPE tokens, below the added tokens
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -35,7 +36,7 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def tiny_model() -> IsaacForConditionalGeneration:
     torch.manual_seed(0)
-    model = IsaacForConditionalGeneration(tiny_config(attn_backend="sdpa", image_token_id=IMAGE_TOKEN))
+    model = IsaacForConditionalGeneration(tiny_config(attn_backend="sdpa"))
     return randomize_(model).eval()
 
 
@@ -47,7 +48,7 @@ def make_document(gen: torch.Generator, pieces: list, patch_dim: int = 768) -> d
     ids, patches, grids = [], [], []
     for piece in pieces:
         if isinstance(piece, int):
-            ids.append(torch.randint(6, IMAGE_TOKEN, (piece,), generator=gen))
+            ids.append(torch.randint(*TEXT_IDS, (piece,), generator=gen))
         else:
             h, w = piece
             ids.append(torch.full((h * w // 4,), IMAGE_TOKEN))

@@ -12,12 +12,16 @@ from .config import IsaacConfig
 
 
 def tiny_config(**overrides: Any) -> IsaacConfig:
-    """2-layer Qwen3 (hidden 64, 4 heads / 2 kv heads of 16) + 2-layer SigLIP2 (hidden 32), vocab 512."""
+    """2-layer Qwen3 (hidden 64, 4 heads / 2 kv heads of 16) + 2-layer SigLIP2 (hidden 32), vocab 512.
+
+    Special ids match the tiny tokenizer (processing/tiny_tokenizer.py): `<|image_pad|>` 498, `<|im_end|>` 488,
+    `<|endoftext|>` 486.
+    """
     kwargs: dict[str, Any] = dict(
         text_config=dict(
             vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-            max_position_embeddings=4096, hidden_act="silu", eos_token_id=2, pad_token_id=0,
+            max_position_embeddings=4096, hidden_act="silu", bos_token_id=486, eos_token_id=488, pad_token_id=486,
         ),
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
@@ -25,7 +29,8 @@ def tiny_config(**overrides: Any) -> IsaacConfig:
             layer_norm_eps=1e-6,
         ),
         video_patch_size=16, vision_max_num_patches=256, vision_min_num_patches=16, pixel_shuffle_scale=2,
-        max_sequence_length=4096, image_token_id=511, eos_token_id=2, pad_token_id=0, checkpoint_layout="0.1",
+        max_sequence_length=4096, image_token_id=498, bos_token_id=486, eos_token_id=488, pad_token_id=486,
+        checkpoint_layout="0.1",
     )
     kwargs.update(overrides)
     return IsaacConfig(**kwargs)

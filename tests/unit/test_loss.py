@@ -7,12 +7,12 @@ import torch.nn.functional as F
 
 from isaac_train.model.loss import IGNORE_INDEX, lm_loss_sum, shift_labels
 
-from ..conftest import make_document, pack
+from ..conftest import IMAGE_TOKEN, make_document, pack
 
 
 def _labels(ids):
     labels = ids.clone()
-    labels[ids == 511] = IGNORE_INDEX
+    labels[ids == IMAGE_TOKEN] = IGNORE_INDEX
     return labels
 
 
