@@ -5,8 +5,17 @@ Importing the package registers Isaac with transformers' Auto classes (model_typ
 
 from .model import IsaacConfig, IsaacForConditionalGeneration, IsaacModel, IsaacVisionConfig
 from .model.registration import register_auto_classes
+from .processing.image_processing import IsaacImageProcessorFast
+from .processing.processor import IsaacProcessor
 
 register_auto_classes()
 
-__all__ = ["IsaacConfig", "IsaacForConditionalGeneration", "IsaacModel", "IsaacVisionConfig"]
+__all__ = [
+    "IsaacConfig",
+    "IsaacForConditionalGeneration",
+    "IsaacImageProcessorFast",
+    "IsaacModel",
+    "IsaacProcessor",
+    "IsaacVisionConfig",
+]
 __version__ = "0.1.0"

@@ -91,3 +91,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from isaac_train.processing.tiny_tokenizer import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_processor(tiny_tokenizer):
+    from isaac_train.processing.processor import IsaacProcessor
+
+    return IsaacProcessor.from_settings(tiny_tokenizer, tiny_config())

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoProcessor,
 )
 
+from ..processing.image_processing import IsaacImageProcessorFast
+from ..processing.processor import IsaacProcessor
 from .config import IsaacConfig, IsaacVisionConfig
 from .modeling import IsaacForConditionalGeneration, IsaacModel
 
@@ -25,4 +29,6 @@ def register_auto_classes() -> None:
     AutoModel.register(IsaacConfig, IsaacModel, exist_ok=True)
     AutoModelForCausalLM.register(IsaacConfig, IsaacForConditionalGeneration, exist_ok=True)
     AutoModelForImageTextToText.register(IsaacConfig, IsaacForConditionalGeneration, exist_ok=True)
+    AutoImageProcessor.register(IsaacConfig, fast_image_processor_class=IsaacImageProcessorFast, exist_ok=True)
+    AutoProcessor.register(IsaacConfig, IsaacProcessor, exist_ok=True)
     _done = True

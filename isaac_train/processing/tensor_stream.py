@@ -89,11 +89,15 @@ class TensorStream:
         ])
 
     def position_ids(self) -> torch.Tensor:
-        """(B, T, 3) long mRoPE positions (isaac_spec.md §6.5), text as (t, t, t)."""
+        """(B, T, 3) long mRoPE positions (isaac_spec.md §6.5), text as (t, t, t), padding as (0, 0, 0)."""
         rows = []
         for row in self.rows:
             parts, counter = [], 0
             for e in row:
+                if e.type == Modality.padding:
+                    # Padding (our batched inference only) sits outside the sequence: position 0, no time step.
+                    parts.append(torch.zeros(e.num_tokens(), 3, dtype=torch.long))
+                    continue
                 t_len, h, w = e.dims_virtual
                 t = torch.arange(counter, counter + t_len).repeat_interleave(h * w)
                 hh = torch.arange(h).repeat_interleave(w).repeat(t_len)
