@@ -114,6 +114,8 @@ def _tensor_to_rgb_uint8(t: torch.Tensor) -> torch.Tensor:
 
 def resize_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(H, W, 3) uint8 -> (h, w, 3) uint8: bilinear, align_corners=False, no antialias, torch's uint8 rounding."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image  # same size: bilinear with align_corners=False is the identity
     chw = image.permute(2, 0, 1)[None]
     out = F.interpolate(chw, size=size, mode="bilinear", align_corners=False)
     return out[0].permute(1, 2, 0)
@@ -122,12 +124,18 @@ def resize_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def normalize_and_patchify(
     image: torch.Tensor, patch_size: int, scale: float, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (H/p * W/p, p*p*3) float32 patches, (py, px, c) order, rows of patches row-major."""
-    x = image.float() * scale  # multiply (not divide) like the reference: bit-exact patches
-    x = (x - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
-    h, w, c = x.shape
-    x = x.reshape(h // patch_size, patch_size, w // patch_size, patch_size, c).permute(0, 2, 1, 3, 4)
-    return x.reshape((h // patch_size) * (w // patch_size), patch_size * patch_size * c)
+    """(H, W, 3) uint8 -> (H/p * W/p, p*p*3) float32 patches, (py, px, c) order, rows of patches row-major.
+
+    Patches are cut on the uint8 image (a cheap byte copy), then scaled and normalised in place with the same
+    float32 operations as the reference ((x * scale - mean) / std; multiply, not divide: bit-exact patches).
+    """
+    h, w, c = image.shape
+    p = patch_size
+    grid = image.reshape(h // p, p, w // p, p, c).permute(0, 2, 1, 3, 4).reshape((h // p) * (w // p), p * p * c)
+    x = grid.float().mul_(scale)
+    x.sub_(torch.tensor(mean, dtype=torch.float32).repeat(p * p))
+    x.div_(torch.tensor(std, dtype=torch.float32).repeat(p * p))
+    return x
 
 
 class IsaacImageProcessorFast(BaseImageProcessor):
