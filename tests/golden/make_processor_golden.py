@@ -196,7 +196,7 @@ def spec_rgb(img: PIL.Image.Image) -> np.ndarray:
 
 def spec_resize_u8(rgb: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
     """Spec §3 step 3: bilinear, align_corners=False, no antialias, on the uint8 NCHW tensor."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1)[None]
     x = F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False)
     assert x.dtype == torch.uint8
     return x[0].permute(1, 2, 0).contiguous()
@@ -236,9 +236,7 @@ def spec_segments(text: str, marker: str = "<image>") -> list[tuple[int, str, st
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reference-dir", required=True, help="folder holding modular_isaac.py")
-    ap.add_argument(
-        "--reference-commit", default=DEFAULT_COMMIT, help="commit of perceptron-ai-inc/perceptron"
-    )
+    ap.add_argument("--reference-commit", default=DEFAULT_COMMIT, help="commit of perceptron-ai-inc/perceptron")
     ap.add_argument("--out", default=str(HERE / "reference_processor"))
     args = ap.parse_args()
 
@@ -325,6 +323,7 @@ def main():
     images = golden_images()
     assert list(images) == list(IMAGE_SPECS)
     img_meta: dict[str, dict] = {}
+    notes: list[str] = []
     ref_patches: dict[tuple[str, str], torch.Tensor] = {}  # (name, cfg) -> (N, 768), for the prompt checks
     for name, img in images.items():
         H, W, mode, _seed = IMAGE_SPECS[name]
@@ -371,6 +370,12 @@ def main():
             assert torch.equal(spec_resize_u8(spec_rgb(img), (th, tw)), resized), f"{name}/{cname}: resize"
             assert torch.equal(spec_patches_from_u8(resized), patches), f"{name}/{cname}: normalise/patchify"
             n = patches.shape[0]
+            assert n <= cfgkw["vision_max_num_patches"]
+            if n < cfgkw["vision_min_num_patches"]:
+                notes.append(
+                    f"{name}/{cname}: {n} patches < vision_min_num_patches {cfgkw['vision_min_num_patches']} "
+                    f"(the upscale search is capped at scale 100)"
+                )
             c = {
                 "target_hw": [th, tw],
                 "dims_real": [1, gh, gw],
@@ -456,8 +461,8 @@ def main():
         events = list(ts.streams[0])
         kept = [i for i, (s, e) in enumerate(full_layout) if e > cut]
         assert len(events) == len(kept), (pname, len(events), kept)
-        ev_recs, text_ids_per_event, pos_tok, img_names_iter = [], [], 0, iter(names)
-        # images consumed before the cut still advance the image list
+        ev_recs, text_ids_per_event, pos_tok = [], [], 0
+        # images wholly before the cut are dropped, the image list is consumed in order
         first_img = sum(1 for i in range(kept[0]) if segs[i][1] == "image") if kept else 0
         img_names_iter = iter(names[first_img:])
         for j, (ev, i) in enumerate(zip(events, kept, strict=True)):
@@ -513,6 +518,12 @@ def main():
             )
         if pname == "p_trunc_text":
             assert cut > 0 and ev_recs[0]["type"] == "text" and ev_recs[0]["idx_range"][0] > 0
+            # the kept stream restarts t at 0 per EVENT: a partially kept text event keeps t = idx_range[0]..
+            assert positions[0].tolist() == [ev_recs[0]["idx_range"][0], 0, 0], positions[0]
+            checks.append(
+                f"p_trunc_text: T {T_full} -> {T}, cut at token {cut} inside the first text piece (idx_range "
+                f"{ev_recs[0]['idx_range']}); its first kept token has t = {int(positions[0, 0])}, not 0"
+            )
         # positions: spec §6.5 from the event records, and the segment rule for untruncated prompts
         assert torch.equal(spec_positions(ev_recs), positions), pname
         if cut == 0:
@@ -532,7 +543,9 @@ def main():
             assert torch.equal(positions[:, 1:], full_pos[cut:, 1:]), pname
         # text ids: per piece == tokenizing the whole prompt with <image> -> <|image_pad|> and dropping pads
         pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
-        whole = [i for i in tok.encode(text.replace("<image>", "<|image_pad|>"), add_special_tokens=False) if i != pad_id]
+        whole = [
+            i for i in tok.encode(text.replace("<image>", "<|image_pad|>"), add_special_tokens=False) if i != pad_id
+        ]
         per_piece = [i for i, kind, p in segs if kind == "text" for i in tok.encode(p, add_special_tokens=False)]
         assert whole == per_piece, pname
 
@@ -622,9 +635,7 @@ def main():
             "image_pad_id": tok.convert_tokens_to_ids("<|image_pad|>"),
             "files_sha256": tok_files,
         },
-        "configs": {
-            k: dict(v, vision_patch_size=PATCH, pixel_shuffle_scale=SHUFFLE) for k, v in CONFIGS.items()
-        },
+        "configs": {k: dict(v, vision_patch_size=PATCH, pixel_shuffle_scale=SHUFFLE) for k, v in CONFIGS.items()},
         "storage": {
             "full_patches_if_bytes_below": FULL_LIMIT_BYTES,
             "sample_rows": "[0, 1, N//2, N-1] of the (N, 768) float32 patches",
@@ -656,6 +667,7 @@ def main():
             k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in tensors.items()
         },
         "checks_passed": checks,
+        "notes": notes,
     }
     (out / "golden.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
     total = sum((out / f).stat().st_size for f in ("golden.safetensors", "golden.json"))
