@@ -212,6 +212,8 @@ class IsaacModel(IsaacPreTrainedModel):
         if tensor_stream is not None:
             inputs_embeds, stream_positions = self.embed_stream(tensor_stream)
             position_ids = stream_positions if position_ids is None else position_ids
+            if cu_seqlens is None and tensor_stream.doc_starts is not None:
+                cu_seqlens = tensor_stream.cu_seqlens().to(inputs_embeds.device)
         elif inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids, inputs_embeds or tensor_stream")

@@ -202,21 +202,6 @@ class IsaacProcessor(ProcessorMixin):
             offset += len(piece)
         return events, in_loss
 
-    def _truncate_left(self, events: list[Event], max_len: int) -> list[Event]:
-        """Keep the last `max_len` tokens, like Perceptron's processor (an image may keep only a suffix)."""
-        total = sum(e.num_tokens() for e in events)
-        drop, kept = total - max_len, []
-        for e in events:
-            n = e.num_tokens()
-            if drop >= n:
-                drop -= n
-                continue
-            if drop > 0:
-                e = e.slice_tokens(e.idx_range[0] + drop, e.idx_range[1])
-                drop = 0
-            kept.append(e)
-        return kept
-
     # ---- inference ---------------------------------------------------------------------------------------
 
     def __call__(  # type: ignore[override]
@@ -248,7 +233,7 @@ class IsaacProcessor(ProcessorMixin):
                         f"prompt {i} has {length} tokens, over max_sequence_length={self.max_sequence_length}; shorten "
                         "it, raise max_sequence_length, or pass truncation='left' to keep its end"
                     )
-                events = self._truncate_left(events, self.max_sequence_length)
+                events = TensorStream([events]).slice(length - self.max_sequence_length, length).rows[0]
             if not events:
                 raise ValueError(f"prompt {i} is empty")
             rows.append(events)

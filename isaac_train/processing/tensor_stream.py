@@ -67,9 +67,61 @@ class Event:
 
 @dataclass
 class TensorStream:
-    """One list of events per batch row."""
+    """One list of events per batch row.
+
+    A row may hold several documents (a packed row): `doc_starts[r]` lists the indices of the events that start
+    a document in row r (always including 0). Positions restart at every document start and attention must not
+    cross them (`cu_seqlens()`).
+    """
 
     rows: list[list[Event]]
+    doc_starts: list[list[int]] | None = None
+
+    @classmethod
+    def pack(cls, samples: list[TensorStream]) -> TensorStream:
+        """Concatenate single-row streams (one document each) into one packed row."""
+        events, starts = [], []
+        for sample in samples:
+            if len(sample.rows) != 1 or (sample.doc_starts and sample.doc_starts[0] != [0]):
+                raise ValueError("TensorStream.pack takes single-row, single-document streams")
+            starts.append(len(events))
+            events.extend(sample.rows[0])
+        return cls([events], [starts])
+
+    def _doc_starts(self, row: int) -> set[int]:
+        return set(self.doc_starts[row]) if self.doc_starts else {0}
+
+    def cu_seqlens(self) -> torch.Tensor:
+        """int32 boundaries of the documents over the flattened (B*T) tokens (padding counts as its own)."""
+        bounds, offset = [0], 0
+        for r, row in enumerate(self.rows):
+            starts = self._doc_starts(r)
+            for i, e in enumerate(row):
+                if i and (i in starts or e.type == Modality.padding or row[i - 1].type == Modality.padding):
+                    bounds.append(offset)
+                offset += e.num_tokens()
+            bounds.append(offset)
+        return torch.tensor(sorted(set(bounds)), dtype=torch.int32)
+
+    def slice(self, start: int, end: int) -> TensorStream:
+        """Keep tokens [start, end) of every row (events partly inside keep a narrowed idx_range), as
+        Perceptron's `slice`: positions of kept tokens are those they had (h/w of a cut image included)."""
+        rows, doc_starts = [], []
+        for r, row in enumerate(self.rows):
+            kept, new_starts, offset, starts = [], [], 0, self._doc_starts(r)
+            for i, e in enumerate(row):
+                n = e.num_tokens()
+                lo, hi = max(start - offset, 0), min(end - offset, n)
+                offset += n
+                if lo >= hi:
+                    continue
+                if i in starts or not kept:
+                    new_starts.append(len(kept))
+                base = e.idx_range[0]
+                kept.append(e if (lo, hi) == (0, n) else e.slice_tokens(base + lo, base + hi))
+            rows.append(kept)
+            doc_starts.append(new_starts)
+        return TensorStream(rows, doc_starts if self.doc_starts else None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -91,9 +143,11 @@ class TensorStream:
     def position_ids(self) -> torch.Tensor:
         """(B, T, 3) long mRoPE positions (isaac_spec.md §6.5), text as (t, t, t), padding as (0, 0, 0)."""
         rows = []
-        for row in self.rows:
-            parts, counter = [], 0
-            for e in row:
+        for r, row in enumerate(self.rows):
+            parts, counter, starts = [], 0, self._doc_starts(r)
+            for i, e in enumerate(row):
+                if i in starts:
+                    counter = 0
                 if e.type == Modality.padding:
                     # Padding (our batched inference only) sits outside the sequence: position 0, no time step.
                     parts.append(torch.zeros(e.num_tokens(), 3, dtype=torch.long))
