@@ -22,7 +22,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .chat_template import ASSISTANT_HEADER, CHAT_TEMPLATE, IM_END
-from .image_processing import ImageLike, IsaacImageProcessorFast
+from .image_processing import ImageError, ImageLike, IsaacImageProcessorFast
 from .tensor_stream import Event, Modality, TensorStream
 
 IGNORE_INDEX = -100
@@ -35,6 +35,10 @@ PROCESSING_FIELDS = ("video_patch_size", "vision_max_num_patches", "vision_min_n
 
 class SampleTooLongError(ValueError):
     """A training sample that does not fit `max_length` under the length policy (the loader counts these)."""
+
+
+class NoLabelTokensError(ValueError):
+    """A training sample with nothing to learn from (no assistant turn, no text)."""
 
 
 @dataclass
@@ -189,8 +193,8 @@ class IsaacProcessor(ProcessorMixin):
             if piece == self.vision_token:
                 try:
                     patches, grid = self.image_processor.process_one(images[image_idx])
-                except ValueError as err:
-                    raise ValueError(f"image {image_idx}: {err}") from err
+                except ImageError as err:
+                    raise ImageError(f"image {image_idx}: {err}") from err
                 events.append(Event.image(patches, grid, merge, time=float(time)))
                 image_idx += 1
             elif piece:
@@ -288,6 +292,7 @@ class IsaacProcessor(ProcessorMixin):
 
     def encode_chat(
         self, messages: Sequence[dict[str, Any]], images: Sequence[ImageLike] = (), max_length: int | None = None,
+        length_policy: str = "truncate",
     ) -> EncodedSample:
         """A conversation -> one sample with loss on assistant turns (content and closing `<|im_end|>`)."""
         text = self.apply_chat_template(messages)
@@ -298,19 +303,25 @@ class IsaacProcessor(ProcessorMixin):
             end = len(text) if end == -1 else end + len(IM_END)
             spans.append((begin, end))
             start = text.find(ASSISTANT_HEADER, end)
-        return self._sample(text, images, spans, max_length)
+        return self._sample(text, images, spans, max_length, length_policy)
 
     def encode_document(
         self, segments: Sequence[dict[str, Any]], images: Sequence[ImageLike] = (), max_length: int | None = None,
+        length_policy: str = "truncate",
     ) -> EncodedSample:
         """An interleaved document (`{"type": "text", "text": ...}` / `{"type": "image"}` items, images in order)
         -> one sample with loss on all text."""
         text = self.flatten_messages([{"role": "document", "content": list(segments)}])[0]["content"]
-        return self._sample(text, images, [(0, len(text))], max_length)
+        return self._sample(text, images, [(0, len(text))], max_length, length_policy)
 
     def _sample(
-        self, text: str, images: Sequence[ImageLike], spans: list[tuple[int, int]], max_length: int | None
+        self, text: str, images: Sequence[ImageLike], spans: list[tuple[int, int]], max_length: int | None,
+        length_policy: str,
     ) -> EncodedSample:
+        """`length_policy`: "truncate" keeps the first `max_length` tokens without cutting an image; "drop"
+        refuses the sample (SampleTooLongError)."""
+        if length_policy not in ("truncate", "drop"):
+            raise ValueError(f"length_policy={length_policy!r}; use 'truncate' or 'drop'")
         events, in_loss = self.build_events(text, list(images), spans)
         ids, labels, loss_iter = [], [], iter(in_loss)
         for e in events:
@@ -327,11 +338,18 @@ class IsaacProcessor(ProcessorMixin):
             labels=torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
             pixel_values=None, image_grid_hw=torch.zeros(0, 2, dtype=torch.long), events=events,
         )
+        if sample.num_label_tokens == 0:
+            raise NoLabelTokensError("the sample has no label tokens (no assistant turn or no text)")
         limit = max_length or self.max_sequence_length
         if len(sample) > limit:
+            if length_policy == "drop":
+                raise SampleTooLongError(f"the sample has {len(sample)} tokens, over the limit of {limit}")
             sample = truncate_sample(sample, limit)
-        if sample.num_label_tokens == 0:
-            raise SampleTooLongError("the sample has no label tokens (after truncation, if any)")
+            if sample.num_label_tokens == 0:
+                raise SampleTooLongError(
+                    f"the sample has {len(sample)} tokens; cut to {limit} (before any image it would split) it has "
+                    "no label tokens left"
+                )
         patches, grids = sample.tensor_stream().image_patches()
         if patches is not None:
             sample.pixel_values, sample.image_grid_hw = patches, grids

@@ -1,0 +1,1 @@
+"""isaac-data: make, check and inspect Isaac training shards."""

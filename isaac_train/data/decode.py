@@ -1,0 +1,80 @@
+"""From a sample's tar members to an EncodedSample, or a skip with a reason (docs/data_format.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..processing.image_processing import ImageError
+from ..processing.processor import EncodedSample, IsaacProcessor, NoLabelTokensError, SampleTooLongError
+
+_IMAGE_SUFFIX = re.compile(r"^(\d+)\.(jpg|jpeg|png|webp|bmp|gif|tif|tiff)$", re.IGNORECASE)
+
+SKIP_REASONS = (
+    "truncated_shard", "unreadable_shard", "corrupt_tar", "bad_member", "missing_member", "bad_json", "bad_schema",
+    "image_count_mismatch", "corrupt_image", "too_long", "no_labels", "invalid_sample",
+)
+
+
+class SkipSample(Exception):
+    """A sample the loader skips and counts under `reason`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def image_members(members: dict[str, bytes]) -> list[str]:
+    """Image member suffixes in numeric order ("0.jpg", "1.png", ...)."""
+    found = [(int(m.group(1)), s) for s in members if (m := _IMAGE_SUFFIX.match(s))]
+    return [s for _, s in sorted(found)]
+
+
+def parse_sample(members: dict[str, bytes]) -> tuple[str, list[dict[str, Any]], list[bytes], dict[str, Any]]:
+    """-> (kind "chat"|"document", messages or segments, image bytes in order of use, the raw JSON object)."""
+    try:
+        obj = json.loads(members["json"])
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SkipSample("bad_json", f"the json member does not parse: {err}") from err
+    if not isinstance(obj, dict) or ("messages" in obj) == ("segments" in obj):
+        raise SkipSample("bad_schema", "the json must hold exactly one of 'messages' or 'segments'")
+    kind = "chat" if "messages" in obj else "document"
+    items = obj["messages"] if kind == "chat" else obj["segments"]
+    if not isinstance(items, list) or not items:
+        raise SkipSample("bad_schema", f"'{'messages' if kind == 'chat' else 'segments'}' must be a non-empty list")
+    contents = [m.get("content") if isinstance(m, dict) else None for m in items] if kind == "chat" else [items]
+    image_items = [it for c in contents if isinstance(c, list) for it in c
+                   if isinstance(it, dict) and it.get("type") == "image"]
+    available = image_members(members)
+    if len(image_items) != len(available):
+        raise SkipSample("image_count_mismatch",
+                         f"{len(image_items)} image item(s) but {len(available)} image member(s) {available}")
+    images, next_default = [], iter(available)
+    for it in image_items:
+        name = it.get("image")
+        if isinstance(name, str):
+            if name not in members:
+                raise SkipSample("missing_member", f"image item names member {name!r}, which is absent")
+            images.append(members[name])
+        else:
+            images.append(members[next(next_default)])
+    return kind, items, images, obj
+
+
+def encode_members(
+    members: dict[str, bytes], processor: IsaacProcessor, max_length: int | None, length_policy: str = "truncate"
+) -> EncodedSample:
+    """Decode and process one sample; raises SkipSample with the reason when it cannot be used."""
+    kind, items, images, _ = parse_sample(members)
+    encode = processor.encode_chat if kind == "chat" else processor.encode_document
+    try:
+        return encode(items, images, max_length=max_length, length_policy=length_policy)
+    except SampleTooLongError as err:
+        raise SkipSample("too_long", str(err)) from err
+    except NoLabelTokensError as err:
+        raise SkipSample("no_labels", str(err)) from err
+    except ImageError as err:
+        raise SkipSample("corrupt_image", str(err)) from err
+    except ValueError as err:
+        raise SkipSample("invalid_sample", str(err)) from err

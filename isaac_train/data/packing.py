@@ -1,0 +1,211 @@
+"""Sequence packing: several samples per row of at most `seq_len` decoder tokens and `max_patches` vision patches.
+
+Rows are filled best-fit over a buffer: a row starts with the oldest waiting sample (so none waits forever),
+then repeatedly takes the longest waiting sample that still fits (tokens and patches). Nothing in a row is
+padding except its tail. A PackedBatch keeps per-document boundaries (`cu_seqlens`), 3-D positions restarting
+at 0 in each document, all images' patches with their grids, and labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..processing.processor import IGNORE_INDEX, EncodedSample
+from ..processing.tensor_stream import TensorStream
+
+
+@dataclass
+class PackItem:
+    """A processed sample waiting to be packed, with its address (so a resumed run can re-read it)."""
+
+    sample: EncodedSample
+    address: Any
+    key: str
+    positions: torch.Tensor  # (T, 3)
+
+    @property
+    def length(self) -> int:
+        return len(self.sample)
+
+    @property
+    def patches(self) -> int:
+        pv = self.sample.pixel_values
+        return 0 if pv is None else int(pv.shape[0])
+
+
+def select_row(lengths: Sequence[int], patches: Sequence[int], seq_len: int, max_patches: int | None) -> list[int]:
+    """Indices (into the waiting list, oldest first) of the samples that make the next row."""
+    if not lengths:
+        return []
+    chosen = [0]
+    room, patch_room = seq_len - lengths[0], (max_patches or 0) - patches[0]
+    free = set(range(1, len(lengths)))
+    while True:
+        best, best_len = -1, -1
+        for i in free:
+            if best_len < lengths[i] <= room and (max_patches is None or patches[i] <= patch_room):
+                best, best_len = i, lengths[i]
+        if best < 0:
+            return chosen
+        chosen.append(best)
+        free.discard(best)
+        room -= lengths[best]
+        patch_room -= patches[best]
+
+
+def simulate_packing(
+    lengths: Sequence[int], patches: Sequence[int] | None, seq_len: int, max_patches: int | None = None,
+    buffer_size: int = 64,
+) -> dict[str, float]:
+    """Rows and fill ratio the packer would reach on a stream of sample lengths (for `isaac-data stats` and the
+    packing benchmark). Samples longer than `seq_len` are left out and counted."""
+    patches = list(patches) if patches is not None else [0] * len(lengths)
+    waiting: list[tuple[int, int]] = []
+    rows, tokens, too_long = 0, 0, 0
+    stream = iter(zip(lengths, patches, strict=True))
+    exhausted = False
+    while True:
+        while not exhausted and len(waiting) < buffer_size:
+            nxt = next(stream, None)
+            if nxt is None:
+                exhausted = True
+            elif nxt[0] > seq_len or (max_patches is not None and nxt[1] > max_patches):
+                too_long += 1
+            else:
+                waiting.append(nxt)
+        if not waiting:
+            break
+        idx = select_row([w[0] for w in waiting], [w[1] for w in waiting], seq_len, max_patches)
+        tokens += sum(waiting[i][0] for i in idx)
+        rows += 1
+        waiting = [w for i, w in enumerate(waiting) if i not in set(idx)]
+    return {"rows": rows, "tokens": tokens, "fill": tokens / max(rows * seq_len, 1), "too_long": too_long}
+
+
+@dataclass
+class PackedBatch:
+    """`rows` packed rows of `seq_len` tokens, ready for `model(**batch.model_inputs())`."""
+
+    input_ids: torch.Tensor  # (B, L)
+    labels: torch.Tensor  # (B, L), IGNORE_INDEX on images, prompts and the padding tail
+    position_ids: torch.Tensor  # (B, L, 3)
+    cu_seqlens: torch.Tensor  # (n_segments + 1,) int32 over the flattened B*L tokens; a padding tail is a segment
+    pixel_values: torch.Tensor | None  # (sum H_i*W_i, 3*p*p)
+    image_grid_hw: torch.Tensor  # (n_img, 2)
+    sample_keys: list[list[str]] = field(default_factory=list)  # per row, the keys of its samples
+    meta: dict[str, Any] = field(default_factory=dict)  # loader bookkeeping (skip counts, data wait, ...)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens."""
+        return int(self.cu_seqlens[-1]) - self.num_padding
+
+    @property
+    def num_padding(self) -> int:
+        return int(self.meta.get("padding", 0))
+
+    @property
+    def num_label_tokens(self) -> int:
+        """Next-token targets in the batch (a document's first token is never a target): what the loss counts."""
+        return int(self.meta["label_tokens"])
+
+    @property
+    def fill(self) -> float:
+        return self.num_tokens / self.input_ids.numel()
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        out = {"input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids,
+               "cu_seqlens": self.cu_seqlens, "image_grid_hw": self.image_grid_hw}
+        if self.pixel_values is not None:
+            out["pixel_values"] = self.pixel_values
+        return out
+
+    def to(self, device: torch.device | str) -> PackedBatch:
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                 for k, v in self.__dict__.items()}
+        return PackedBatch(**moved)
+
+
+def item_from_sample(sample: EncodedSample, address: Any, key: str) -> PackItem:
+    return PackItem(sample, address, key, TensorStream([sample.events]).position_ids()[0])
+
+
+def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> PackedBatch:
+    """Concatenate each row's samples, pad its tail, and gather images in order."""
+    ids, labels, positions, bounds, keys, patches, grids = [], [], [], [0], [], [], []
+    padding = label_tokens = 0
+    for r, row in enumerate(rows):
+        base = r * seq_len
+        used = 0
+        for item in row:
+            ids.append(item.sample.input_ids)
+            labels.append(item.sample.labels)
+            positions.append(item.positions)
+            used += item.length
+            bounds.append(base + used)
+            label_tokens += int((item.sample.labels[1:] != IGNORE_INDEX).sum())
+            if item.sample.pixel_values is not None:
+                patches.append(item.sample.pixel_values)
+                grids.append(item.sample.image_grid_hw)
+        if used > seq_len:
+            raise ValueError(f"row of {used} tokens exceeds seq_len={seq_len}")
+        tail = seq_len - used
+        if tail:
+            ids.append(torch.full((tail,), pad_id, dtype=torch.long))
+            labels.append(torch.full((tail,), IGNORE_INDEX, dtype=torch.long))
+            positions.append(torch.zeros(tail, 3, dtype=torch.long))
+            bounds.append(base + seq_len)
+            padding += tail
+        keys.append([item.key for item in row])
+    b = len(rows)
+    return PackedBatch(
+        input_ids=torch.cat(ids).view(b, seq_len),
+        labels=torch.cat(labels).view(b, seq_len),
+        position_ids=torch.cat(positions).view(b, seq_len, 3),
+        cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
+        pixel_values=torch.cat(patches) if patches else None,
+        image_grid_hw=torch.cat(grids) if grids else torch.zeros(0, 2, dtype=torch.long),
+        sample_keys=keys,
+        meta={"padding": padding, "label_tokens": label_tokens},
+    )
+
+
+class Packer:
+    """Best-fit packer over a buffer of `buffer_size` waiting samples; emits batches of `rows` rows."""
+
+    def __init__(self, seq_len: int, rows: int, pad_id: int, max_patches: int | None = None,
+                 buffer_size: int = 64) -> None:
+        if buffer_size < 1 or rows < 1:
+            raise ValueError("packing buffer_size and rows_per_batch must be at least 1")
+        self.seq_len, self.rows, self.pad_id = seq_len, rows, pad_id
+        self.max_patches, self.buffer_size = max_patches, buffer_size
+        self.waiting: list[PackItem] = []
+
+    def fits(self, item: PackItem) -> bool:
+        return item.length <= self.seq_len and (self.max_patches is None or item.patches <= self.max_patches)
+
+    def add(self, item: PackItem) -> None:
+        if not self.fits(item):
+            raise ValueError(f"sample {item.key} ({item.length} tokens, {item.patches} patches) cannot fit a row")
+        self.waiting.append(item)
+
+    def ready(self) -> bool:
+        return len(self.waiting) >= self.buffer_size
+
+    def pop_batch(self) -> PackedBatch | None:
+        """The next batch from the waiting samples (None if there are none)."""
+        rows = []
+        while self.waiting and len(rows) < self.rows:
+            idx = select_row([w.length for w in self.waiting], [w.patches for w in self.waiting], self.seq_len,
+                             self.max_patches)
+            rows.append([self.waiting[i] for i in idx])
+            taken = set(idx)
+            self.waiting = [w for i, w in enumerate(self.waiting) if i not in taken]
+        return build_batch(rows, self.seq_len, self.pad_id) if rows else None
+
+    def pending_addresses(self) -> list[Any]:
+        return [w.address for w in self.waiting]
