@@ -57,12 +57,14 @@ class ShardWriter:
         self._tar = webdataset.TarWriter(self._file, encoder=False, mtime=0.0)
         self._samples = []
 
-    def write(self, key: str, sample: dict[str, Any], images: list[tuple[str, bytes]] = ()) -> None:
+    def write(self, key: str, sample: dict[str, Any] | bytes, images: list[tuple[str, bytes]] = ()) -> None:
+        """Add one sample: its JSON object (or JSON bytes, written as they are) and its image members."""
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
         if self._tar is None:
             self._open()
-        members = {"__key__": key, "json": json.dumps(sample, ensure_ascii=False).encode("utf-8")}
+        body = sample if isinstance(sample, bytes) else json.dumps(sample, ensure_ascii=False).encode("utf-8")
+        members = {"__key__": key, "json": body}
         for suffix, data in images:
             members[suffix] = bytes(data)
         start = self._tar.tarstream.offset

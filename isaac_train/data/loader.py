@@ -1,0 +1,277 @@
+"""The streaming loader: shards -> decode -> IsaacProcessor -> packer -> PackedBatch, resumable exactly.
+
+Decoding, processing and packing run in DataLoader worker processes. Each worker is one *reader*
+(order.py) with its own packer; every batch it yields carries the reader's state after that batch: per source
+(epoch, cursor), the mixture draw counter, the addresses of the samples waiting in the packer, and cumulative
+skip counts. The main process keeps the state of the last batch *consumed* from each reader, so
+`state_dict()` never counts prefetched batches; `load_state_dict()` restarts every reader where it stopped,
+re-reading and re-processing the few samples that were waiting in its packer, and rotates the workers so the
+round-robin order of batches continues exactly. Resuming with another world size, worker count or data
+configuration is refused with a message.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..processing.processor import IsaacProcessor
+from .decode import SkipSample, encode_members
+from .order import mixture_choice, reader_order
+from .packing import PackedBatch, Packer, PackItem, item_from_sample
+from .shards import SampleReadError, ShardSet, read_sample
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceSpec:
+    """One shard set of a mixture."""
+
+    name: str
+    shards: Any  # anything ShardSet accepts
+    weight: float = 1.0
+
+
+@dataclass
+class LoaderSpec:
+    """What the loader produces; everything here except `num_workers`/`prefetch` defines the data stream."""
+
+    sources: list[SourceSpec]
+    seq_len: int
+    rows_per_batch: int = 1
+    max_patches_per_row: int | None = None
+    pack_buffer: int = 64
+    seed: int = 0
+    shuffle: bool = True
+    shuffle_block: int = 1024
+    epochs: int | None = None  # None: repeat forever (training); N: stop after N epochs of every source
+    length_policy: str = "truncate"
+    max_error_rate: float = 0.1
+    min_samples_for_error_rate: int = 200
+    num_workers: int = 2
+    prefetch_factor: int = 2
+
+    def fingerprint(self, shard_sets: list[ShardSet]) -> str:
+        stream = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "prefetch_factor",
+                                                                     "max_error_rate", "min_samples_for_error_rate")}
+        stream["sources"] = [(s.name, s.weight, ss.fingerprint()) for s, ss in zip(self.sources, shard_sets,
+                                                                                    strict=True)]
+        return hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ReaderState:
+    """Where one reader is: per source (epoch, cursor), mixture draws, pending packer addresses, counts."""
+
+    epochs: list[int]
+    cursors: list[int]
+    draws: int = 0
+    pending: list[tuple[int, int, int]] = field(default_factory=list)  # (source, epoch, index in reader order)
+    seen: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+
+
+class _Reader:
+    """One reader's stream of samples and packed batches (runs inside a DataLoader worker)."""
+
+    def __init__(self, spec: LoaderSpec, shard_sets: list[ShardSet], processor: IsaacProcessor, reader: int,
+                 readers: int, state: ReaderState | None) -> None:
+        self.spec, self.sets, self.processor = spec, shard_sets, processor
+        self.reader, self.readers = reader, readers
+        n = len(shard_sets)
+        self.state = copy.deepcopy(state) if state else ReaderState(epochs=[0] * n, cursors=[0] * n)
+        self.skipped = Counter(self.state.skipped)
+        self.packer = Packer(spec.seq_len, spec.rows_per_batch, processor.tokenizer.pad_token_id,
+                             spec.max_patches_per_row, spec.pack_buffer)
+
+    def _order(self, source: int, epoch: int):
+        return reader_order(tuple(self.sets[source].counts), self.spec.seed, source, epoch, self.reader,
+                            self.readers, self.spec.shuffle, self.spec.shuffle_block)
+
+    def _active(self) -> list[bool]:
+        last = self.spec.epochs
+        return [last is None or e < last for e in self.state.epochs]
+
+    def _next_address(self) -> tuple[int, int, int] | None:
+        """Advance the mixture and the chosen source's cursor; None when every source is done."""
+        while True:
+            source = mixture_choice(self.spec.seed, self.reader, self.state.draws,
+                                    [s.weight for s in self.spec.sources], self._active())
+            if source is None:
+                return None
+            epoch, cursor = self.state.epochs[source], self.state.cursors[source]
+            if cursor >= len(self._order(source, epoch)):
+                self.state.epochs[source] += 1
+                self.state.cursors[source] = 0
+                continue  # the same draw picks again among the still-active sources
+            self.state.draws += 1
+            self.state.cursors[source] += 1
+            return source, epoch, cursor
+
+    def _load(self, address: tuple[int, int, int]) -> PackItem | None:
+        source, epoch, index = address
+        shard, position = (int(x) for x in self._order(source, epoch)[index])
+        ref = self.sets[source].ref(shard, position)
+        try:
+            sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len, self.spec.length_policy)
+            item = item_from_sample(sample, address, f"{self.spec.sources[source].name}/{ref.key}")
+            if not self.packer.fits(item):
+                raise SkipSample("too_long", f"{item.patches} patches exceed max_patches_per_row")
+            return item
+        except (SkipSample, SampleReadError) as err:
+            self.skipped[err.reason] += 1
+            logger.debug("skip %s (%s): %s", ref.key, err.reason, err)
+            return None
+
+    def batches(self) -> Iterator[PackedBatch]:
+        for address in self.state.pending:  # samples that were waiting in the packer at the checkpoint
+            item = self._load(tuple(address))
+            if item is not None:
+                self.packer.add(item)
+        while True:
+            while not self.packer.ready():
+                address = self._next_address()
+                if address is None:
+                    break
+                self.state.seen += 1
+                item = self._load(address)
+                if item is not None:
+                    self.packer.add(item)
+            batch = self.packer.pop_batch()
+            if batch is None:
+                return
+            self.state.batches += 1
+            self.state.pending = self.packer.pending_addresses()
+            self.state.skipped = dict(self.skipped)
+            batch.meta["reader"] = self.reader
+            batch.meta["state"] = copy.deepcopy(self.state)
+            yield batch
+
+
+class PackedDataset(IterableDataset):
+    """The IterableDataset the DataLoader workers run: worker w of this rank is reader rank*W + slot."""
+
+    def __init__(self, spec: LoaderSpec, processor: IsaacProcessor, rank: int, world_size: int) -> None:
+        super().__init__()
+        self.spec, self.processor, self.rank, self.world_size = spec, processor, rank, world_size
+        self.shard_sets = [ShardSet(s.shards) for s in spec.sources]
+        self.slots = max(spec.num_workers, 1)
+        self.rotation = 0
+        self.states: list[ReaderState | None] = [None] * self.slots
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        slot = (worker + self.rotation) % self.slots
+        reader = self.rank * self.slots + slot
+        torch.set_num_threads(1)
+        stream = _Reader(self.spec, self.shard_sets, self.processor, reader, self.world_size * self.slots,
+                         self.states[slot])
+        for batch in stream.batches():
+            batch.meta["slot"] = slot
+            yield batch
+
+
+class PackedLoader:
+    """Iterate PackedBatches; `state_dict()`/`load_state_dict()` resume exactly; skip counts and data wait time.
+
+    Args:
+        spec: the stream definition (sources, seq_len, packing, shuffling, workers).
+        processor: turns samples into tokens, labels and patches.
+        rank, world_size: this process's place in data parallelism.
+    """
+
+    def __init__(self, spec: LoaderSpec, processor: IsaacProcessor, rank: int = 0, world_size: int = 1) -> None:
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.dataset = PackedDataset(spec, processor, rank, world_size)
+        self.fingerprint = spec.fingerprint(self.dataset.shard_sets)
+        self.consumed = 0
+        self.states: list[ReaderState | None] = [None] * self.dataset.slots
+        self.data_wait_s = 0.0
+        self._iter: Iterator[PackedBatch] | None = None
+
+    def _dataloader(self) -> DataLoader:
+        workers = self.spec.num_workers
+        return DataLoader(
+            self.dataset, batch_size=None, num_workers=workers,
+            prefetch_factor=self.spec.prefetch_factor if workers else None,
+            persistent_workers=False,
+        )
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        self.dataset.rotation = self.consumed % self.dataset.slots
+        self.dataset.states = copy.deepcopy(self.states)
+        it = iter(self._dataloader())
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            self.data_wait_s += time.perf_counter() - start
+            self.states[batch.meta["slot"]] = batch.meta.pop("state")
+            self.consumed += 1
+            self._check_error_rate()
+            yield batch
+
+    # ---- accounting --------------------------------------------------------------------------------------
+
+    def skip_counts(self) -> dict[str, int]:
+        """Samples skipped so far on this rank, by reason (exact, up to the last consumed batch)."""
+        total: Counter = Counter()
+        for s in self.states:
+            if s is not None:
+                total.update(s.skipped)
+        return dict(total)
+
+    def samples_seen(self) -> int:
+        return sum(s.seen for s in self.states if s is not None)
+
+    def _check_error_rate(self) -> None:
+        seen, skipped = self.samples_seen(), self.skip_counts()
+        bad = sum(skipped.values())
+        if seen >= self.spec.min_samples_for_error_rate and bad > self.spec.max_error_rate * seen:
+            worst = max(skipped, key=skipped.get)
+            raise RuntimeError(
+                f"{bad} of {seen} samples were skipped ({bad / seen:.1%} > data.max_error_rate="
+                f"{self.spec.max_error_rate}); most are '{worst}' ({skipped[worst]}): {skipped}. Run "
+                "`isaac-data validate` on the shards to see each bad sample, fix or drop them, or raise "
+                "data.max_error_rate."
+            )
+
+    # ---- resume ------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fingerprint": self.fingerprint, "world_size": self.world_size, "rank": self.rank,
+            "num_workers": self.dataset.slots, "consumed": self.consumed,
+            "readers": [asdict(s) if s is not None else None for s in self.states],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        problems = []
+        if state["fingerprint"] != self.fingerprint:
+            problems.append("the data configuration or the shards changed (data.*, train.seq_len, train.seed)")
+        if state["world_size"] != self.world_size:
+            problems.append(f"world size {state['world_size']} -> {self.world_size}")
+        if state["num_workers"] != self.dataset.slots:
+            problems.append(f"data.num_workers {state['num_workers']} -> {self.dataset.slots}")
+        if problems:
+            raise ValueError(
+                "cannot resume the data loader exactly: " + "; ".join(problems) + ". Resume with the settings of "
+                "the checkpoint, or start a new run directory."
+            )
+        self.consumed = state["consumed"]
+        self.states = [ReaderState(**s) if s is not None else None for s in state["readers"]]

@@ -1,0 +1,45 @@
+"""Small real shard sets for data tests: chat samples with PNG/JPEG images, written with ShardWriter."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from isaac_train.data.shards import ShardWriter
+
+WORDS = "red green blue yellow circle square triangle star shape image top left right bottom center".split()
+
+
+def encode_image(h: int, w: int, seed: int, fmt: str = "PNG") -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def chat_sample(i: int, rng: np.random.Generator) -> tuple[dict, list[tuple[str, bytes]]]:
+    """A chat with 0-2 images and answers of varied length (so packing has something to do)."""
+    n_images = int(rng.integers(0, 3))
+    q = " ".join(rng.choice(WORDS, int(rng.integers(3, 12))))
+    a = " ".join(rng.choice(WORDS, int(rng.integers(1, 40))))
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": f"Sample {i}: {q}?"}]
+    images = []
+    for k in range(n_images):
+        h, w = (int(x) for x in rng.integers(16, 80, 2))
+        images.append((f"{k}.{'jpg' if k % 2 else 'png'}", encode_image(h, w, i * 10 + k, "JPEG" if k % 2 else "PNG")))
+    sample = {"source": "unit", "messages": [{"role": "user", "content": content},
+                                             {"role": "assistant", "content": a}]}
+    return sample, images
+
+
+def make_chat_shards(out: Path, n: int, per_shard: int = 10, seed: int = 0, prefix: str = "shard") -> Path:
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(out, prefix=prefix, max_count=per_shard)
+    for i in range(n):
+        sample, images = chat_sample(i, rng)
+        writer.write(f"{prefix}{i:06d}", sample, images)
+    writer.close()
+    return out
