@@ -63,13 +63,16 @@ def parse_sample(members: dict[str, bytes]) -> tuple[str, list[dict[str, Any]], 
 
 
 def encode_members(
-    members: dict[str, bytes], processor: IsaacProcessor, max_length: int | None, length_policy: str = "truncate"
+    members: dict[str, bytes], processor: IsaacProcessor, max_length: int | None, length_policy: str = "truncate",
+    normalize_pixels: bool = True,
 ) -> EncodedSample:
-    """Decode and process one sample; raises SkipSample with the reason when it cannot be used."""
+    """Decode and process one sample; raises SkipSample with the reason when it cannot be used.
+    `normalize_pixels=False` keeps uint8 patches (the training loader's choice; the model normalises)."""
     kind, items, images, _ = parse_sample(members)
     encode = processor.encode_chat if kind == "chat" else processor.encode_document
     try:
-        return encode(items, images, max_length=max_length, length_policy=length_policy)
+        return encode(items, images, max_length=max_length, length_policy=length_policy,
+                      normalize_pixels=normalize_pixels)
     except SampleTooLongError as err:
         raise SkipSample("too_long", str(err)) from err
     except NoLabelTokensError as err:

@@ -125,7 +125,8 @@ class _Reader:
         shard, position = (int(x) for x in self._order(source, epoch)[index])
         ref = self.sets[source].ref(shard, position)
         try:
-            sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len, self.spec.length_policy)
+            sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len, self.spec.length_policy,
+                                    normalize_pixels=False)
             item = item_from_sample(sample, address, f"{self.spec.sources[source].name}/{ref.key}")
             if not self.packer.fits(item):
                 raise SkipSample("too_long", f"{item.patches} patches exceed max_patches_per_row")

@@ -217,7 +217,10 @@ def read_sample(ref: SampleRef) -> dict[str, bytes]:
         raise SampleReadError("unreadable_shard", f"{ref.shard}: {err}") from err
     if len(data) < ref.length:
         raise SampleReadError("truncated_shard", f"{ref.shard} ends before sample {ref.key} (truncated tar)")
-    members: dict[str, bytes] = {}
+    members = _parse_plain_tar(data, ref.key)
+    if members is not None:
+        return _require_json(members, ref)
+    members = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for info in tar:
@@ -229,6 +232,37 @@ def read_sample(ref: SampleRef) -> dict[str, bytes]:
                 members[suffix] = tar.extractfile(info).read()
     except tarfile.TarError as err:
         raise SampleReadError("corrupt_tar", f"{ref.shard} sample {ref.key}: {err}") from err
+    return _require_json(members, ref)
+
+
+def _require_json(members: dict[str, bytes], ref: SampleRef) -> dict[str, bytes]:
     if "json" not in members:
         raise SampleReadError("missing_member", f"sample {ref.key} has no json member")
+    return members
+
+
+def _parse_plain_tar(data: bytes, key: str) -> dict[str, bytes] | None:
+    """Fast path for plain ustar members (what ShardWriter writes): name, octal size, 512-byte blocks.
+    Returns None when a header needs tarfile (PAX/GNU extensions) or does not check out."""
+    members, pos = {}, 0
+    while pos + 512 <= len(data):
+        header = data[pos : pos + 512]
+        if header.count(0) == 512:
+            break
+        if header[156:157] not in (b"0", b"\0") or header[257:262] != b"ustar":
+            return None  # directories, PAX/GNU extension headers: let tarfile handle it
+        if sum(header[:148]) + sum(header[156:]) + 8 * 32 != int(header[148:156].split(b"\0")[0].strip() or b"0", 8):
+            raise SampleReadError("corrupt_tar", f"bad tar header checksum in sample {key}")
+        name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+        size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        stem, _, suffix = name.partition(".")
+        if stem != key:
+            raise SampleReadError("bad_member", f"member {name} in the range of sample {key}")
+        members[suffix] = data[pos + 512 : pos + 512 + size]
+        if len(members[suffix]) < size:
+            raise SampleReadError("corrupt_tar", f"member {name} of sample {key} is cut short")
+        pos += 512 + -(-size // 512) * 512
     return members

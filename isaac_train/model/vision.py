@@ -16,6 +16,7 @@ from torch import nn
 from transformers.models.siglip2.modeling_siglip2 import Siglip2Encoder, Siglip2VisionEmbeddings
 
 from .attention import ATTN_FUNCTION_NAME, AttentionSpec, block_mask_from_cu_seqlens, resolve_backend
+from ..processing.image_processing import normalize_patches
 from .config import IsaacConfig, IsaacVisionConfig
 
 
@@ -115,8 +116,14 @@ class IsaacVisionEmbedding(nn.Sequential):
             nn.SiLU(),
             nn.Linear(4 * merged, config.hidden_size, bias=False),
         )
+        self.parent_config = config  # normalisation settings for uint8 patches
 
     def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """(sum H_i*W_i, 3*p*p) patches and (n, 2) real grids -> (sum H_i*W_i / s^2, text hidden) features."""
+        """(sum H_i*W_i, 3*p*p) patches and (n, 2) real grids -> (sum H_i*W_i / s^2, text hidden) features.
+
+        Patches are normalised floats, or raw uint8 that are normalised here (bit-exact with the processor)."""
+        if patches.dtype == torch.uint8:
+            c = self.parent_config
+            patches = normalize_patches(patches, c.vision_rescale_factor, c.vision_mean, c.vision_std)
         hidden = self[0](patches, grids)
         return self[3](self[2](self[1](hidden)))

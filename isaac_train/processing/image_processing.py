@@ -121,21 +121,35 @@ def resize_uint8(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0].permute(1, 2, 0)
 
 
+def patchify_uint8(image: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (H/p * W/p, p*p*3) uint8 patches, (py, px, c) order, rows of patches row-major."""
+    h, w, c = image.shape
+    p = patch_size
+    return image.reshape(h // p, p, w // p, p, c).permute(0, 2, 1, 3, 4).reshape((h // p) * (w // p), p * p * c)
+
+
+def normalize_patches(
+    patches: torch.Tensor, scale: float, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 patches (N, p*p*3), channel fastest -> float32 ((x * scale - mean) / std per channel).
+
+    The same float32 operations as Perceptron's processor (multiply by scale, not divide): bit-exact. The model
+    runs this too when it receives uint8 patches (the training loader ships patches as uint8: 4x fewer bytes
+    through worker queues and host-to-device copies, and the arithmetic moves to the accelerator).
+    """
+    channels = len(mean)
+    reps = patches.shape[-1] // channels
+    x = patches.float().mul_(scale)
+    x.sub_(torch.tensor(mean, dtype=torch.float32, device=x.device).repeat(reps))
+    x.div_(torch.tensor(std, dtype=torch.float32, device=x.device).repeat(reps))
+    return x
+
+
 def normalize_and_patchify(
     image: torch.Tensor, patch_size: int, scale: float, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (H/p * W/p, p*p*3) float32 patches, (py, px, c) order, rows of patches row-major.
-
-    Patches are cut on the uint8 image (a cheap byte copy), then scaled and normalised in place with the same
-    float32 operations as the reference ((x * scale - mean) / std; multiply, not divide: bit-exact patches).
-    """
-    h, w, c = image.shape
-    p = patch_size
-    grid = image.reshape(h // p, p, w // p, p, c).permute(0, 2, 1, 3, 4).reshape((h // p) * (w // p), p * p * c)
-    x = grid.float().mul_(scale)
-    x.sub_(torch.tensor(mean, dtype=torch.float32).repeat(p * p))
-    x.div_(torch.tensor(std, dtype=torch.float32).repeat(p * p))
-    return x
+    """(H, W, 3) uint8 -> (H/p * W/p, p*p*3) float32 normalised patches (cut on uint8, then normalised)."""
+    return normalize_patches(patchify_uint8(image, patch_size), scale, mean, std)
 
 
 class IsaacImageProcessorFast(BaseImageProcessor):
@@ -187,12 +201,14 @@ class IsaacImageProcessorFast(BaseImageProcessor):
         return target_size(height, width, self.patch_size, self.max_num_patches, self.min_num_patches,
                            self.pixel_shuffle_scale)
 
-    def process_one(self, image: ImageLike) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One image -> (patches (H*W, 3*p*p), real grid (H, W))."""
+    def process_one(self, image: ImageLike, normalize: bool = True) -> tuple[torch.Tensor, tuple[int, int]]:
+        """One image -> (patches (H*W, 3*p*p), real grid (H, W)); uint8 patches when `normalize` is False
+        (`normalize_patches`, or the model, finishes them)."""
         rgb = to_rgb_uint8(image)
         th, tw = self.target_size(rgb.shape[0], rgb.shape[1])
-        resized = resize_uint8(rgb, (th, tw))
-        patches = normalize_and_patchify(resized, self.patch_size, self.rescale_factor, self.image_mean, self.image_std)
+        patches = patchify_uint8(resize_uint8(rgb, (th, tw)), self.patch_size)
+        if normalize:
+            patches = normalize_patches(patches, self.rescale_factor, self.image_mean, self.image_std)
         return patches, (th // self.patch_size, tw // self.patch_size)
 
     def preprocess(self, images: ImageLike | Sequence[ImageLike], return_tensors: Any = None, **_: Any) -> BatchFeature:

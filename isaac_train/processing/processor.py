@@ -173,12 +173,17 @@ class IsaacProcessor(ProcessorMixin):
     # ---- building streams --------------------------------------------------------------------------------
 
     def _encode_text(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None and hasattr(backend, "encode"):  # the Rust tokenizer, without per-call overhead
+            enc = backend.encode(text, add_special_tokens=False)
+            return enc.ids, enc.offsets
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
     def build_events(
         self, text: str, images: Sequence[ImageLike], label_spans: Sequence[tuple[int, int]] | None = None,
-    ) -> tuple[list[Event], list[list[bool]]]:
+        normalize: bool = True,
+    ) -> tuple[list[Event], list[torch.Tensor]]:
         """Split `text` on `<image>` markers into text and image events (Perceptron's rule: each text piece is
         tokenized alone). Also returns, per text event, whether each token starts inside a label span."""
         n_markers = text.count(self.vision_token)
@@ -192,7 +197,7 @@ class IsaacProcessor(ProcessorMixin):
         for time, piece in enumerate(self._split.split(text)):
             if piece == self.vision_token:
                 try:
-                    patches, grid = self.image_processor.process_one(images[image_idx])
+                    patches, grid = self.image_processor.process_one(images[image_idx], normalize=normalize)
                 except ImageError as err:
                     raise ImageError(f"image {image_idx}: {err}") from err
                 events.append(Event.image(patches, grid, merge, time=float(time)))
@@ -201,8 +206,11 @@ class IsaacProcessor(ProcessorMixin):
                 ids, offsets = self._encode_text(piece)
                 if ids:
                     events.append(Event.text(ids, time=float(time)))
-                    spans = label_spans or ()
-                    in_loss.append([any(a <= offset + s < b for a, b in spans) for s, _ in offsets])
+                    starts = torch.tensor([offset + s for s, _ in offsets])
+                    flags = torch.zeros(len(ids), dtype=torch.bool)
+                    for a, b in label_spans or ():
+                        flags |= (starts >= a) & (starts < b)
+                    in_loss.append(flags)
             offset += len(piece)
         return events, in_loss
 
@@ -292,7 +300,7 @@ class IsaacProcessor(ProcessorMixin):
 
     def encode_chat(
         self, messages: Sequence[dict[str, Any]], images: Sequence[ImageLike] = (), max_length: int | None = None,
-        length_policy: str = "truncate",
+        length_policy: str = "truncate", normalize_pixels: bool = True,
     ) -> EncodedSample:
         """A conversation -> one sample with loss on assistant turns (content and closing `<|im_end|>`)."""
         text = self.apply_chat_template(messages)
@@ -303,32 +311,33 @@ class IsaacProcessor(ProcessorMixin):
             end = len(text) if end == -1 else end + len(IM_END)
             spans.append((begin, end))
             start = text.find(ASSISTANT_HEADER, end)
-        return self._sample(text, images, spans, max_length, length_policy)
+        return self._sample(text, images, spans, max_length, length_policy, normalize_pixels)
 
     def encode_document(
         self, segments: Sequence[dict[str, Any]], images: Sequence[ImageLike] = (), max_length: int | None = None,
-        length_policy: str = "truncate",
+        length_policy: str = "truncate", normalize_pixels: bool = True,
     ) -> EncodedSample:
         """An interleaved document (`{"type": "text", "text": ...}` / `{"type": "image"}` items, images in order)
         -> one sample with loss on all text."""
         text = self.flatten_messages([{"role": "document", "content": list(segments)}])[0]["content"]
-        return self._sample(text, images, [(0, len(text))], max_length, length_policy)
+        return self._sample(text, images, [(0, len(text))], max_length, length_policy, normalize_pixels)
 
     def _sample(
         self, text: str, images: Sequence[ImageLike], spans: list[tuple[int, int]], max_length: int | None,
-        length_policy: str,
+        length_policy: str, normalize_pixels: bool,
     ) -> EncodedSample:
         """`length_policy`: "truncate" keeps the first `max_length` tokens without cutting an image; "drop"
-        refuses the sample (SampleTooLongError)."""
+        refuses the sample (SampleTooLongError). `normalize_pixels=False` keeps patches as uint8 (the model
+        normalises them)."""
         if length_policy not in ("truncate", "drop"):
             raise ValueError(f"length_policy={length_policy!r}; use 'truncate' or 'drop'")
-        events, in_loss = self.build_events(text, list(images), spans)
+        events, in_loss = self.build_events(text, list(images), spans, normalize=normalize_pixels)
         ids, labels, loss_iter = [], [], iter(in_loss)
         for e in events:
             if e.type == Modality.text:
                 flags = next(loss_iter)
                 ids.append(e.data)
-                labels.append(torch.where(torch.tensor(flags, dtype=torch.bool), e.data, IGNORE_INDEX))
+                labels.append(torch.where(flags, e.data, IGNORE_INDEX))
             else:
                 n = e.num_tokens()
                 ids.append(torch.full((n,), self.image_token_id))

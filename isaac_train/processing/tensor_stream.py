@@ -182,7 +182,7 @@ class TensorStream:
         images = self.events(Modality.image)
         if not images:
             return None, None
-        patches = torch.cat([e.data for e in images])
+        patches = images[0].data if len(images) == 1 else torch.cat([e.data for e in images])
         grids = torch.tensor([e.dims_real[1:] for e in images], dtype=torch.long)
         return patches, grids
 

@@ -167,3 +167,14 @@ def test_image_inputs_of_every_kind_give_the_same_patches(tiny_processor):
     png = io.BytesIO()
     PIL.Image.fromarray(array).save(png, format="PNG")
     assert torch.equal(ip(png.getvalue())["pixel_values"], ref)
+
+
+def test_uint8_patches_are_normalised_by_the_model_bit_exactly(tiny_model, tiny_processor):
+    image = _image(70, 90, 5)
+    floats, grid = tiny_processor.image_processor.process_one(image)
+    raw, _ = tiny_processor.image_processor.process_one(image, normalize=False)
+    assert raw.dtype == torch.uint8
+    grids = torch.tensor([grid])
+    vision = tiny_model.model.vision_embedding
+    with torch.no_grad():
+        assert torch.equal(vision(raw, grids), vision(floats, grids))
