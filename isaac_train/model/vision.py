@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.siglip2.modeling_siglip2 import Siglip2Encoder, Siglip2VisionEmbeddings
 
-from .attention import ATTN_FUNCTION_NAME, AttentionSpec, block_mask_from_cu_seqlens, resolve_backend
 from ..processing.image_processing import normalize_patches
+from .attention import ATTN_FUNCTION_NAME, AttentionSpec, block_mask_from_cu_seqlens, resolve_backend
 from .config import IsaacConfig, IsaacVisionConfig
 
 
