@@ -43,7 +43,9 @@ def parse_sample(members: dict[str, bytes]) -> tuple[str, list[dict[str, Any]], 
     items = obj["messages"] if kind == "chat" else obj["segments"]
     if not isinstance(items, list) or not items:
         raise SkipSample("bad_schema", f"'{'messages' if kind == 'chat' else 'segments'}' must be a non-empty list")
-    contents = [m.get("content") if isinstance(m, dict) else None for m in items] if kind == "chat" else [items]
+    if kind == "chat" and not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in items):
+        raise SkipSample("bad_schema", "every message must be an object with a string 'role'")
+    contents = [m.get("content") for m in items] if kind == "chat" else [items]
     image_items = [it for c in contents if isinstance(c, list) for it in c
                    if isinstance(it, dict) and it.get("type") == "image"]
     available = image_members(members)
@@ -79,5 +81,5 @@ def encode_members(
         raise SkipSample("no_labels", str(err)) from err
     except ImageError as err:
         raise SkipSample("corrupt_image", str(err)) from err
-    except ValueError as err:
-        raise SkipSample("invalid_sample", str(err)) from err
+    except (ValueError, TypeError, KeyError) as err:  # anything else malformed in the sample's structure
+        raise SkipSample("invalid_sample", f"{type(err).__name__}: {err}") from err

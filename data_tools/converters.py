@@ -1,0 +1,522 @@
+"""Readers of `isaac-data make-shards`: each input format -> Isaac samples (docs/data_format.md).
+
+A converter has two halves, so that the slow part runs in worker processes:
+
+- `items()` runs in the main process and yields small picklable `Item`s in input order (a JSONL line, a LLaVA
+  entry, a dataset row number, an image path);
+- `convert(item)` runs in a worker: it parses and checks the record, reads and verifies its images, and returns a
+  `Converted` sample or raises `Skip` with a reason (counted in the report, never fatal).
+
+Input that cannot be used at all (a missing file, an unknown format, a dataset without usable columns) raises
+`InputError` from the constructor, with a message that names the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+
+from isaac_train.processing.image_processing import MAX_PIXELS
+
+IMAGE_MARKER = "<image>"
+KEPT_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # kept as they are; others -> PNG
+# (MPO: camera JPEGs with extra frames; every JPEG decoder shows the first)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+HF_FILE_BUILDERS = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv", ".arrow": "arrow"}
+CAPTION_FILES = ("captions.jsonl", "metadata.jsonl")
+
+
+class InputError(Exception):
+    """Input that cannot be converted at all; the message says why and what to do."""
+
+
+class Skip(Exception):
+    """One record that is left out, counted under `reason` (e.g. "missing_image")."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: its running number in the input, where it is (for messages) and its raw data."""
+
+    index: int
+    where: str
+    data: Any
+
+
+@dataclass
+class Converted:
+    """A converted sample: its JSON object (without `source`) and its encoded images as (suffix, bytes)."""
+
+    sample: dict[str, Any]
+    images: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def id(self) -> str | None:
+        value = self.sample.get("id")
+        return None if value is None else str(value)
+
+
+# ---- images -----------------------------------------------------------------------------------------------
+
+
+def check_image(data: bytes, where: str) -> tuple[str, bytes]:
+    """Decode `data` fully with PIL to prove it is a usable image -> (extension, bytes to store).
+
+    JPEG, PNG and WebP are stored as they are; other formats (BMP, GIF, TIFF, ...) are re-encoded as PNG.
+    Raises Skip("corrupt_image") when PIL cannot decode it, Skip("image_too_large") past Isaac's pixel limit.
+    """
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as img:
+            fmt, (w, h) = img.format, img.size
+            if w * h > MAX_PIXELS:
+                raise Skip("image_too_large", f"{where}: image of {w}x{h} is over Isaac's limit of {MAX_PIXELS:,} px")
+            if w == 0 or h == 0:
+                raise Skip("corrupt_image", f"{where}: image has zero size ({w}x{h})")
+            img.load()
+            if fmt in KEPT_FORMATS:
+                return KEPT_FORMATS[fmt], bytes(data)
+            return "png", _png_bytes(img)
+    except Skip:
+        raise
+    except PIL.Image.DecompressionBombError as err:
+        raise Skip("image_too_large", f"{where}: {err}") from err
+    except PIL.UnidentifiedImageError as err:
+        raise Skip("corrupt_image", f"{where}: not an image (PIL does not recognise the format)") from err
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes
+        raise Skip("corrupt_image", f"{where}: cannot decode the image ({type(err).__name__}: {err})") from err
+
+
+def _png_bytes(img: PIL.Image.Image) -> bytes:
+    """Re-encode an image as PNG (modes PNG cannot hold, e.g. CMYK or YCbCr, become RGB/RGBA)."""
+    if img.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+        img = img.convert("RGBA" if "A" in img.mode else "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def read_image_ref(ref: Any, root: Path, where: str) -> bytes:
+    """The encoded bytes of an image reference: a path (relative to `root`), raw bytes, a Hugging Face image
+    dict {"bytes", "path"} or a PIL image. Raises Skip("missing_image") when there is nothing to read."""
+    if isinstance(ref, (bytes, bytearray)):
+        return bytes(ref)
+    if isinstance(ref, PIL.Image.Image):
+        return _png_bytes(ref)
+    if isinstance(ref, dict):
+        if ref.get("bytes"):
+            return bytes(ref["bytes"])
+        ref = ref.get("path")
+    if not isinstance(ref, str) or not ref:
+        raise Skip("missing_image", f"{where}: image reference {ref!r:.80} is neither a path nor image bytes")
+    if ref.startswith(("http://", "https://")):
+        raise Skip("missing_image", f"{where}: {ref} is a URL; make-shards reads local files only (download the "
+                                    "images and pass --image-root)")
+    path = Path(ref) if Path(ref).is_absolute() else root / ref
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as err:
+        raise Skip("missing_image", f"{where}: image file {path} does not exist (check --image-root)") from err
+    except OSError as err:
+        raise Skip("missing_image", f"{where}: image file {path} cannot be read ({err})") from err
+
+
+def load_images(refs: list[Any], root: Path, where: str) -> list[tuple[str, bytes]]:
+    """Read and verify each image in order -> members [("0.jpg", b"..."), ("1.png", b"..."), ...]."""
+    out = []
+    for k, ref in enumerate(refs):
+        name = ref if isinstance(ref, str) else ref.get("path") if isinstance(ref, dict) else None
+        label = f"{where} image {k}" + (f" ({name})" if name else "")
+        ext, data = check_image(read_image_ref(ref, root, label), label)
+        out.append((f"{k}.{ext}", data))
+    return out
+
+
+# ---- conversations ----------------------------------------------------------------------------------------
+
+
+def split_markers(text: str) -> list[dict[str, Any]]:
+    """Text with `<image>` markers -> text/image items, images at the markers' positions. One newline right
+    after or before a marker is dropped (LLaVA writes "<image>\\nQuestion"); empty text pieces are dropped."""
+    parts = text.split(IMAGE_MARKER)
+    items: list[dict[str, Any]] = []
+    for i, part in enumerate(parts):
+        if i > 0:
+            items.append({"type": "image"})
+            part = part.removeprefix("\n")
+        if i < len(parts) - 1:
+            part = part.removesuffix("\n")
+        if part:
+            items.append({"type": "text", "text": part})
+    return items
+
+
+def _content_items(content: Any, where: str) -> tuple[str | list[dict[str, Any]], list[Any]]:
+    """A message's content -> (Isaac content, the image reference of each image item, None = take from the
+    sample's image list). Plain text without markers stays a string."""
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        if IMAGE_MARKER not in content:
+            return content, []
+        items = split_markers(content)
+        return items, [None for it in items if it["type"] == "image"]
+    if not isinstance(content, list):
+        raise Skip("bad_schema", f"{where}: content must be a string or a list of items, got {type(content).__name__}")
+    items, refs = [], []
+    for item in content:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "text":
+            text = item.get("text")
+            for piece in split_markers("" if text is None else str(text)):
+                items.append(piece)
+                if piece["type"] == "image":
+                    refs.append(None)
+        elif kind == "image":
+            items.append({"type": "image"})
+            refs.append(item.get("image") or item.get("path") or None)
+        else:
+            raise Skip("bad_schema", f"{where}: content item of type {kind!r}; Isaac takes 'text' and 'image' items")
+    return items, refs
+
+
+def convert_conversation(turns: Any, images: list[Any], where: str) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Isaac-format or LLaVA-format turns + the sample's image list -> (Isaac messages, image references in
+    order of use).
+
+    Image items that name a file use it; the others take the sample's images in order, and their counts must
+    match (else Skip("image_count_mismatch")). A conversation with images but no image item or marker at all
+    gets them at the start of its first user turn.
+    """
+    if not isinstance(turns, list) or not turns:
+        raise Skip("bad_schema", f"{where}: the conversation must be a non-empty list of turns")
+    messages, refs = [], []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise Skip("bad_schema", f"{where}: turn {i} is a {type(turn).__name__}, not an object")
+        raw_role = turn.get("role", turn.get("from"))
+        role = ROLES.get(str(raw_role).lower()) if raw_role is not None else None
+        if role is None:
+            raise Skip("bad_schema", f"{where}: turn {i} has role {raw_role!r}; use user/assistant/system "
+                                     "(or LLaVA's human/gpt/system)")
+        content, item_refs = _content_items(turn["content"] if "content" in turn else turn.get("value"),
+                                            f"{where} turn {i}")
+        messages.append({"role": role, "content": content})
+        refs.extend(item_refs)
+    if not any(m["role"] == "assistant" and m["content"] for m in messages):
+        raise Skip("no_assistant_turn", f"{where}: no assistant turn with content (nothing to learn)")
+    if not refs and images:
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is None:
+            raise Skip("image_count_mismatch", f"{where}: {len(images)} image(s) but no user turn to put them in")
+        content = first_user["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}] if content else []
+        first_user["content"] = [{"type": "image"} for _ in images] + content
+        return messages, list(images)
+    pathless = sum(r is None for r in refs)
+    if pathless != len(images):
+        raise Skip("image_count_mismatch", f"{where}: {pathless} image item(s)/marker(s) without a file but "
+                                           f"{len(images)} image(s) listed")
+    pending = iter(images)
+    return messages, [next(pending) if r is None else r for r in refs]
+
+
+def _as_list(value: Any) -> list[Any]:
+    """None -> [], a list/tuple -> a list, anything else -> [it]."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def convert_record(obj: Any, root: Path, where: str) -> Converted:
+    """One chat record -> Converted. Takes `messages` (Isaac format) or `conversations` (LLaVA format), images
+    from `images` (a list) or `image` (one or a list), and the optional `id`."""
+    if not isinstance(obj, dict):
+        raise Skip("bad_json", f"{where}: expected a JSON object, got {type(obj).__name__}")
+    turns = obj.get("messages") if obj.get("messages") is not None else obj.get("conversations")
+    if turns is None:
+        raise Skip("bad_schema", f"{where}: no 'messages' (or LLaVA 'conversations') in the record")
+    images = _as_list(obj.get("images")) or _as_list(obj.get("image"))
+    messages, refs = convert_conversation(turns, images, where)
+    sample: dict[str, Any] = {}
+    if obj.get("id") is not None:
+        sample["id"] = obj["id"] if isinstance(obj["id"], (int, str)) else str(obj["id"])
+    sample["messages"] = messages
+    return Converted(sample, load_images(refs, root, where))
+
+
+def convert_caption(image_ref: Any, caption: Any, root: Path, where: str, sample_id: str | None) -> Converted:
+    """An image and its caption -> a document: the image, then the caption text."""
+    if not isinstance(caption, str) or not caption.strip():
+        raise Skip("no_caption", f"{where}: no caption text")
+    if IMAGE_MARKER in caption:
+        raise Skip("image_count_mismatch", f"{where}: the caption contains {IMAGE_MARKER!r}, read as an image")
+    sample: dict[str, Any] = {} if sample_id is None else {"id": sample_id}
+    sample["segments"] = [{"type": "image"}, {"type": "text", "text": caption.strip()}]
+    return Converted(sample, load_images([image_ref], root, where))
+
+
+# ---- the formats ------------------------------------------------------------------------------------------
+
+
+class Converter:
+    """Base class: `items()` in the main process, `convert(item)` in workers; `total()` if known."""
+
+    name = ""
+
+    def __init__(self, input_path: Path, image_root: Path | None) -> None:
+        self.input = Path(input_path)
+        if not self.input.exists():
+            raise InputError(f"input {self.input} does not exist; check the path")
+        self.root = Path(image_root) if image_root is not None else self.default_root()
+        if not self.root.is_dir():
+            raise InputError(f"image root {self.root} is not a directory; pass --image-root DIR")
+
+    def default_root(self) -> Path:
+        """Where relative image paths start when --image-root is not given."""
+        return self.input.parent
+
+    def default_source(self) -> str:
+        """The `source` stored in each sample when --source is not given."""
+        return self.input.stem
+
+    def total(self) -> int | None:
+        """How many items `items()` yields, when known without reading the input (for the progress bar)."""
+        return None
+
+    def items(self) -> Iterator[Item]:
+        """The work items in input order (main process)."""
+        raise NotImplementedError
+
+    def convert(self, item: Item) -> Converted:
+        """One item -> a sample, or Skip (worker process)."""
+        raise NotImplementedError
+
+
+def _jsonl_items(path: Path) -> Iterator[Item]:
+    """Non-blank lines of a JSONL file, numbered in order (the JSON is parsed in the workers)."""
+    index = 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield Item(index, f"line {lineno}", line)
+                index += 1
+
+
+def _parse_line(item: Item) -> Any:
+    """The JSON value of a line item; Skip("bad_json") when it does not parse."""
+    try:
+        return json.loads(item.data)
+    except json.JSONDecodeError as err:
+        raise Skip("bad_json", f"{item.where}: not valid JSON ({err})") from err
+
+
+class ChatJsonl(Converter):
+    """`chat-jsonl`: one JSON object a line with `messages` (Isaac model card format) and optional `images`."""
+
+    name = "chat-jsonl"
+
+    def __init__(self, input_path: Path, image_root: Path | None) -> None:
+        super().__init__(input_path, image_root)
+        if not self.input.is_file():
+            raise InputError(f"{self.input} is not a file; chat-jsonl takes a .jsonl file")
+
+    def items(self) -> Iterator[Item]:
+        return _jsonl_items(self.input)
+
+    def convert(self, item: Item) -> Converted:
+        return convert_record(_parse_line(item), self.root, item.where)
+
+
+class Llava(Converter):
+    """`llava`: a JSON list of {"id", "image", "conversations": [{"from", "value"}]} (or the same as JSONL)."""
+
+    name = "llava"
+
+    def __init__(self, input_path: Path, image_root: Path | None) -> None:
+        super().__init__(input_path, image_root)
+        if not self.input.is_file():
+            raise InputError(f"{self.input} is not a file; llava takes a LLaVA-style .json (or .jsonl) file")
+        with open(self.input, encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+        self.entries: list[Any] | None = None
+        if head.startswith("["):
+            try:
+                self.entries = json.loads(self.input.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise InputError(f"{self.input} is not valid JSON ({err}); llava expects a JSON list of entries "
+                                 "(or one entry a line as JSONL)") from err
+        elif not head.startswith("{"):
+            raise InputError(f"{self.input} holds neither a JSON list nor JSON lines; llava expects "
+                             '[{"id": ..., "image": ..., "conversations": [...]}, ...]')
+
+    def total(self) -> int | None:
+        return None if self.entries is None else len(self.entries)
+
+    def items(self) -> Iterator[Item]:
+        if self.entries is None:
+            yield from _jsonl_items(self.input)
+            return
+        for i, entry in enumerate(self.entries):
+            name = f" (id {entry['id']})" if isinstance(entry, dict) and "id" in entry else ""
+            yield Item(i, f"entry {i}{name}", entry)
+
+    def convert(self, item: Item) -> Converted:
+        obj = _parse_line(item) if self.entries is None else item.data
+        if isinstance(obj, dict) and "conversations" not in obj:
+            raise Skip("bad_schema", f"{item.where}: no 'conversations' list")
+        return convert_record(obj, self.root, item.where)
+
+
+class HfDataset(Converter):
+    """`hf-dataset`: a dataset saved with `save_to_disk`, or local data files (`--hf-data-files`, INPUT the
+    builder: parquet/json/csv/arrow; or INPUT one such file). Columns: `messages` (+ `images`/`image`),
+    `conversations` (LLaVA, + `image`/`images`) or `image` + `caption`/`text`. Images are read undecoded."""
+
+    name = "hf-dataset"
+
+    def __init__(self, input_path: Path | str, image_root: Path | None, data_files: list[str] | None = None,
+                 split: str = "train", cache_dir: str | None = None) -> None:
+        try:
+            import datasets
+        except ImportError as err:
+            raise InputError("hf-dataset needs the `datasets` package: pip install -e '.[data]'") from err
+        self.data_files = data_files
+        spec = str(input_path)
+        if data_files:
+            builder, self.input = spec, Path(data_files[0]).parent
+            if builder not in set(HF_FILE_BUILDERS.values()):
+                raise InputError(f"with --hf-data-files, INPUT names the file type (parquet, json, csv or arrow), "
+                                 f"got {spec!r}")
+        else:
+            self.input = Path(spec)
+            builder = HF_FILE_BUILDERS.get(self.input.suffix.lower()) if self.input.is_file() else None
+            if builder:
+                data_files, self.input = [spec], self.input.parent
+        super().__init__(self.input, image_root)
+        self._source = Path(data_files[0]).stem if data_files else Path(spec).name
+        try:
+            if data_files:
+                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir)
+            else:
+                ds = datasets.load_from_disk(spec)
+        except (FileNotFoundError, ValueError) as err:
+            raise InputError(f"cannot load the dataset {spec} ({type(err).__name__}: {err}); pass a directory "
+                             "written by Dataset.save_to_disk, or INPUT=parquet|json|csv|arrow with "
+                             "--hf-data-files FILES") from err
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise InputError(f"{spec} has splits {sorted(ds)}, not {split!r}; pick one with --hf-split")
+            ds = ds[split]
+        self.columns = list(ds.column_names)
+        self.kind = self._kind(self.columns)
+        self.rows = ds.with_format("arrow")  # raw rows: images stay undecoded {"bytes", "path"} dicts
+
+    def _kind(self, columns: list[str]) -> str:
+        """"chat" or "caption" from the column names; InputError when neither fits."""
+        if "messages" in columns or "conversations" in columns:
+            return "chat"
+        if "image" in columns and ("caption" in columns or "text" in columns):
+            return "caption"
+        raise InputError(f"dataset columns {columns} are not supported; hf-dataset needs 'messages' (+ 'images'), "
+                         "'conversations' (+ 'image') or 'image' + 'caption'/'text'")
+
+    def default_root(self) -> Path:
+        return self.input  # the dataset directory, or the folder of the (first) data file
+
+    def default_source(self) -> str:
+        return self._source
+
+    def total(self) -> int | None:
+        return len(self.rows)
+
+    def items(self) -> Iterator[Item]:
+        for i in range(len(self.rows)):
+            yield Item(i, f"row {i}", i)
+
+    def convert(self, item: Item) -> Converted:
+        row = self.rows[item.data].to_pylist()[0]
+        if self.kind == "chat":
+            return convert_record(row, self.root, item.where)
+        caption = row.get("caption") if row.get("caption") is not None else row.get("text")
+        sample_id = None if row.get("id") is None else str(row["id"])
+        if row.get("image") is None:
+            raise Skip("missing_image", f"{item.where}: the image column is empty")
+        return convert_caption(row["image"], caption, self.root, item.where, sample_id)
+
+
+class ImageFolder(Converter):
+    """`image-folder`: images with captions in `NAME.txt` beside `NAME.jpg`, or in a `captions.jsonl` /
+    `metadata.jsonl` at the folder's root ({"file_name", "text" | "caption"}). Makes documents."""
+
+    name = "image-folder"
+
+    def __init__(self, input_path: Path, image_root: Path | None) -> None:
+        super().__init__(input_path, image_root)
+        if not self.input.is_dir():
+            raise InputError(f"{self.input} is not a directory; image-folder takes a folder of images")
+        self.metadata = next((self.input / n for n in CAPTION_FILES if (self.input / n).is_file()), None)
+        self.files: list[Path] = []
+        if self.metadata is None:
+            self.files = sorted(p.relative_to(self.input) for p in self.input.rglob("*")
+                                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not self.files:
+                raise InputError(f"{self.input} holds no images ({', '.join(IMAGE_EXTENSIONS)}) and no "
+                                 f"{' or '.join(CAPTION_FILES)}")
+
+    def default_root(self) -> Path:
+        return self.input
+
+    def default_source(self) -> str:
+        return self.input.resolve().name
+
+    def total(self) -> int | None:
+        return None if self.metadata else len(self.files)
+
+    def items(self) -> Iterator[Item]:
+        if self.metadata is not None:
+            yield from _jsonl_items(self.metadata)
+            return
+        for i, rel in enumerate(self.files):
+            yield Item(i, str(rel), rel.as_posix())
+
+    def convert(self, item: Item) -> Converted:
+        if self.metadata is None:
+            rel = Path(item.data)
+            txt = self.root / rel.with_suffix(".txt")
+            if not txt.is_file():
+                raise Skip("no_caption", f"{item.where}: no caption file {rel.with_suffix('.txt')} beside it")
+            caption = txt.read_text(encoding="utf-8", errors="replace")
+            return convert_caption(item.data, caption, self.root, item.where, rel.with_suffix("").as_posix())
+        obj = _parse_line(item)
+        where = f"{self.metadata.name} {item.where}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("file_name"), str):
+            raise Skip("bad_schema", f"{where}: expected an object with 'file_name' and 'text' (or 'caption')")
+        caption = obj.get("text") if obj.get("text") is not None else obj.get("caption")
+        sample_id = Path(obj["file_name"]).with_suffix("").as_posix()
+        return convert_caption(obj["file_name"], caption, self.root, where, sample_id)
+
+
+FORMATS: dict[str, type[Converter]] = {c.name: c for c in (ChatJsonl, Llava, HfDataset, ImageFolder)}
+
+
+def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | None = None,
+                    **hf_options: Any) -> Converter:
+    """The converter of `fmt` for `input_path`; hf_options (data_files, split, cache_dir) go to hf-dataset."""
+    if fmt not in FORMATS:
+        raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    root = Path(image_root) if image_root is not None else None
+    if fmt == HfDataset.name:
+        return HfDataset(input_path, root, **hf_options)
+    return FORMATS[fmt](Path(input_path), root)

@@ -1,0 +1,276 @@
+"""`isaac-data make-shards --format FORMAT INPUT OUT_DIR`: convert a dataset to Isaac shards with manifests.
+
+Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`. Records are read and
+checked (JSON, schema, every image decoded with PIL) in a pool of worker processes, in input order, and written
+by the main process through ShardWriter: the output bytes do not depend on the number of workers. Records that
+cannot be used are skipped and counted by reason; the summary is printed and written to
+OUT_DIR/make_shards_report.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from isaac_train.data.shards import INDEX_NAME, ShardWriter
+
+from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, build_converter
+
+REPORT_NAME = "make_shards_report.json"
+EXAMPLES_PER_REASON = 5
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """"256MB" / "1.5GiB" / "800K" / "1000000" -> bytes (K, M, G, T are powers of 1024)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f"cannot read the size {text!r}; write e.g. 256MB, 1GB or 1000000")
+    number, unit = float(match.group(1)), match.group(2).upper()
+    size = int(number * 1024 ** "_KMGT".index(unit or "_"))
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"the size must be positive, got {text!r}")
+    return size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line of `isaac-data make-shards`."""
+    parser.add_argument("--format", required=True, choices=list(FORMATS), help="the input's format")
+    parser.add_argument("input", metavar="INPUT", help="the JSONL/JSON file, dataset directory or image folder "
+                        "(hf-dataset with --hf-data-files: the file type, parquet|json|csv|arrow)")
+    parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="where the shards and index.json go")
+    parser.add_argument("--image-root", type=Path, default=None,
+                        help="folder that relative image paths start from (default: the input file's folder)")
+    parser.add_argument("--shard-size", type=parse_size, default=256 << 20, help="max bytes per shard (256MB)")
+    parser.add_argument("--max-samples", type=int, default=None, help="stop after writing this many samples")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="reader processes (default min(4, CPUs)); 1 reads in the main process")
+    parser.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar, ... (shard)")
+    parser.add_argument("--source", default=None, help="dataset name stored in each sample (default: input name)")
+    parser.add_argument("--keys", choices=("number", "id"), default="number",
+                        help="sample keys: running numbers 000000123 (default) or the sanitised original ids")
+    parser.add_argument("--overwrite", action="store_true", help="replace the shards already in OUT_DIR")
+    parser.add_argument("--hf-data-files", action="append", default=None, metavar="FILES",
+                        help="hf-dataset: local data files or a glob (repeatable); INPUT is then their type")
+    parser.add_argument("--hf-split", default="train", help="hf-dataset: the split to convert (train)")
+    parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset: cache for --hf-data-files (HF default)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; 0 when samples were written (skips included), 2 for unusable input."""
+    try:
+        converter = build_converter(args.format, args.input, args.image_root, **_hf_options(args))
+        report = make_shards(converter, args.out_dir, shard_size=args.shard_size, max_samples=args.max_samples,
+                             workers=args.workers, prefix=args.prefix, source=args.source, keys=args.keys,
+                             overwrite=args.overwrite)
+    except InputError as err:
+        print(f"make-shards: error: {err}", file=sys.stderr)
+        return 2
+    print(format_summary(report))
+    if report["samples"] == 0:
+        print(f"make-shards: error: no sample was written; every one of the {report['records']} records was "
+              "skipped (see the reasons above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _hf_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The hf-dataset options of the command line, for build_converter."""
+    if args.format != "hf-dataset":
+        return {}
+    return {"data_files": args.hf_data_files, "split": args.hf_split, "cache_dir": args.hf_cache_dir}
+
+
+def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 256 << 20,
+                max_samples: int | None = None, workers: int | None = None, prefix: str = "shard",
+                source: str | None = None, keys: str = "number", overwrite: bool = False,
+                progress: bool | None = None) -> dict[str, Any]:
+    """Convert everything `converter` reads into shards under `out_dir`; returns the report (also written to
+    out_dir/make_shards_report.json). `progress=None` shows a bar only on a terminal."""
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    workers = min(4, os.cpu_count() or 1) if workers is None else max(1, workers)
+    source = source or converter.default_source()
+    writer = ShardWriter(out_dir, prefix=prefix, max_bytes=shard_size)
+    skipped: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
+    used_keys: set[str] = set()  # with --keys id only: running numbers are unique by construction
+    records = written = images = 0
+    start = time.time()
+    disable = None if progress is None else not progress
+    with _converted(converter, workers) as results, tqdm(total=converter.total(), unit="record", desc="make-shards",
+                                                         disable=disable, dynamic_ncols=True) as bar:
+        for index, converted, skip in results:
+            records += 1
+            bar.update(1)
+            if skip is not None:
+                skipped[skip[0]] += 1
+                examples.setdefault(skip[0], [])
+                if len(examples[skip[0]]) < EXAMPLES_PER_REASON:
+                    examples[skip[0]].append(skip[1])
+                bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
+                continue
+            key = _unique_key(_key(index, converted, keys), used_keys) if keys == "id" else f"{index:09d}"
+            writer.write(key, {"source": source, **converted.sample}, converted.images)
+            written += 1
+            images += len(converted.images)
+            if max_samples is not None and written >= max_samples:
+                break
+    writer.close()
+    seconds = time.time() - start
+    shard_bytes = sum(p.stat().st_size for p in writer.written)
+    report = {
+        "format": converter.name, "input": str(converter.input), "out_dir": str(out_dir), "source": source,
+        "records": records, "samples": written, "images": images, "shards": len(writer.written),
+        "shard_files": [p.name for p in writer.written], "bytes": shard_bytes,
+        "skipped_total": sum(skipped.values()), "skipped": dict(sorted(skipped.items())),
+        "examples": {k: examples[k] for k in sorted(examples)}, "workers": workers,
+        "seconds": round(seconds, 3), "samples_per_second": round(written / seconds, 1) if seconds > 0 else None,
+        "index": str(out_dir / INDEX_NAME),
+    }
+    (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix a new dataset into old shards (keys would repeat); --overwrite removes the old ones."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"OUT_DIR {out_dir} exists and is not a directory; choose another OUT_DIR")
+    old = sorted(out_dir.glob("*.tar")) if out_dir.is_dir() else []
+    if old and not overwrite:
+        raise InputError(f"{out_dir} already holds {len(old)} shard(s) ({old[0].name}, ...); choose an empty "
+                         "OUT_DIR or pass --overwrite to replace them")
+    for path in [*old, *out_dir.glob("*.manifest.json"), out_dir / INDEX_NAME] if old else []:
+        path.unlink(missing_ok=True)
+
+
+def _key(index: int, converted: Converted, keys: str) -> str:
+    """The sample key: the running number 000000123, or (keys="id") the id with anything but [A-Za-z0-9_-]
+    replaced by '_' (no '.' or '/', which the shard format reserves)."""
+    if keys == "id" and converted.id is not None:
+        cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", converted.id).strip("_")[:120]
+        if cleaned:
+            return cleaned
+    return f"{index:09d}"
+
+
+def _unique_key(key: str, used: set[str]) -> str:
+    """`key`, or `key-2`, `key-3`... when an earlier sample took it (possible only with --keys id)."""
+    candidate, n = key, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{key}-{n}"
+    used.add(candidate)
+    return candidate
+
+
+# ---- reading in worker processes --------------------------------------------------------------------------
+
+Result = tuple[int, Converted | None, tuple[str, str] | None]
+_WORKER_CONVERTER: Converter | None = None
+
+
+def _init_worker(converter: Converter) -> None:
+    """Pool initializer: the converter each worker uses."""
+    global _WORKER_CONVERTER
+    _WORKER_CONVERTER = converter
+
+
+def _convert_one(item: Item) -> Result:
+    """Convert one item in a worker: (index, sample, None) or (index, None, (reason, message))."""
+    assert _WORKER_CONVERTER is not None
+    return convert_item(_WORKER_CONVERTER, item)
+
+
+def convert_item(converter: Converter, item: Item) -> Result:
+    """Convert one item, turning a Skip (or a malformed record's type/key error) into (reason, message)."""
+    try:
+        return item.index, converter.convert(item), None
+    except Skip as skip:
+        return item.index, None, (skip.reason, str(skip))
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        return item.index, None, ("bad_schema", f"{item.where}: malformed record ({type(err).__name__}: {err})")
+    except OSError as err:
+        return item.index, None, ("unreadable_file", f"{item.where}: {err}")
+
+
+class _Window:
+    """Feeds items to Pool.imap at most `size` ahead of what the main process has consumed (imap would
+    otherwise read the whole input into its task queue)."""
+
+    def __init__(self, items: Iterable[Item], size: int) -> None:
+        self.items, self.slots, self.stopped = items, threading.Semaphore(size), False
+
+    def __iter__(self) -> Iterator[Item]:
+        for item in self.items:
+            self.slots.acquire()
+            if self.stopped:
+                return
+            yield item
+
+    def consumed(self) -> None:
+        """One result was taken: let one more item in."""
+        self.slots.release()
+
+    def stop(self) -> None:
+        """Stop feeding (wakes the feeding thread so the pool can shut down)."""
+        self.stopped = True
+        self.slots.release()
+
+
+class _converted:
+    """Context manager yielding the Results in input order, from `workers` processes (or this one)."""
+
+    def __init__(self, converter: Converter, workers: int) -> None:
+        self.converter, self.workers = converter, workers
+        self.pool: Any = None
+        self.window: _Window | None = None
+
+    def __enter__(self) -> Iterator[Result]:
+        if self.workers <= 1:
+            return (convert_item(self.converter, item) for item in self.converter.items())
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.converter,))
+        self.window = _Window(self.converter.items(), size=self.workers * 64)
+        return self._results(self.pool.imap(_convert_one, self.window, chunksize=8))
+
+    def _results(self, results: Iterator[Result]) -> Iterator[Result]:
+        for result in results:
+            self.window.consumed()
+            yield result
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.window.stop()
+            self.pool.terminate()
+            self.pool.join()
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """The human-readable summary printed at the end."""
+    lines = [
+        f"make-shards: wrote {report['samples']:,} samples ({report['images']:,} images) in {report['shards']} "
+        f"shard(s), {report['bytes'] / 1e6:,.1f} MB, to {report['out_dir']} in {report['seconds']:.1f} s "
+        f"({report['samples_per_second'] or 0:,.0f} samples/s, {report['workers']} worker(s))",
+    ]
+    if report["skipped_total"]:
+        lines.append(f"skipped {report['skipped_total']:,} of {report['records']:,} records:")
+        width = max(len(r) for r in report["skipped"])
+        for reason, count in report["skipped"].items():
+            lines.append(f"  {reason:<{width}} {count:>8,}   e.g. {report['examples'][reason][0]}")
+    else:
+        lines.append(f"skipped none of {report['records']:,} records")
+    lines.append(f"index: {report['index']}; report: {Path(report['out_dir']) / REPORT_NAME}")
+    return "\n".join(lines)
