@@ -1,96 +1,89 @@
-"""The README's main job, for now a placeholder until the trainer exists (issue: Trainer).
+"""The README's main job: train the demo_cpu recipe, reload the exported model, answer held-out questions.
 
-What it does today, end to end on CPU in about a minute: builds the small Isaac model (`model/tiny.py`),
-trains it on synthetic image-text rows (solid-colour images, the answer token names the colour) packed
-several documents per row, saves a Hugging Face directory, reloads it through transformers' Auto classes and
-generates answers for held-out images. The real demo (isaac-data demo shards, Hydra recipe `demo_cpu`,
-checkpoints, isaac-export) replaces this once the data and trainer issues land.
+    python -m isaac_train.demo [hydra overrides]      (what `make demo` runs)
+
+1. `isaac-train recipe=demo_cpu` (default): makes the synthetic shapes data (`isaac-data demo`) under
+   run.output_dir/data on first use, trains the small Isaac on CPU with a progress bar, checkpoints, and exports a
+   Hugging Face directory to run.output_dir/hf. Running it again resumes from the last checkpoint.
+2. Reloads run.output_dir/hf with `AutoModelForImageTextToText` / `AutoProcessor` and answers the held-out
+   questions; an answer counts as right when it equals the expected sentence, or for a box, when its IoU with the
+   expected box is at least 0.5. Prints each question type's accuracy against chance.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import json
+import sys
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
-import isaac_train
-from isaac_train.model.tiny import small_config
+import isaac_train  # noqa: F401  (Auto classes)
+from isaac_train.processing.grounding import parse_grounding
+from isaac_train.train.cli import compose_config
+from isaac_train.train.evaluate import answer, eval_conversations
+from isaac_train.train.loop import exit_code, train
 
-COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}
-QUESTION = [10, 11, 12]  # token ids of a fixed question
-ANSWER_BASE = 20  # answer token for colour k is ANSWER_BASE + k
-IMAGE_TOKEN = 5
-GRID = (4, 4)  # real patch grid of each 64x64 image -> 4 decoder tokens
-
-
-def colour_patches(rgb: tuple[int, int, int], gen: torch.Generator) -> torch.Tensor:
-    """(16, 768) normalised patches of a 64x64 image of one colour with a little noise."""
-    pixels = torch.tensor(rgb, dtype=torch.float32) / 255 * 2 - 1
-    patches = pixels.repeat(16 * 16).repeat(GRID[0] * GRID[1], 1)
-    return patches + 0.1 * torch.randn(patches.shape, generator=gen)
+# Chance of a blind guess per question type (colours: 4, counts: 3, places: 5; a box: ~0).
+CHANCE = {"colour": 1 / 4, "count": 1 / 3, "location": 1 / 5, "grounding": 0.0}
 
 
-def sample(k: int, gen: torch.Generator) -> tuple[list[int], torch.Tensor]:
-    ids = [1] + [IMAGE_TOKEN] * 4 + QUESTION + [ANSWER_BASE + k, 2]
-    return ids, colour_patches(list(COLOURS.values())[k], gen)
+def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
-def packed_batch(n_docs: int, gen: torch.Generator) -> dict:
-    ids, labels, patches, lengths = [], [], [], []
-    for _ in range(n_docs):
-        k = int(torch.randint(len(COLOURS), (1,), generator=gen))
-        doc, pv = sample(k, gen)
-        ids += doc
-        labels += [-100] * (len(doc) - 2) + doc[-2:]  # loss on the answer and end token
-        patches.append(pv)
-        lengths.append(len(doc))
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    return {
-        "input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]), "cu_seqlens": cu,
-        "pixel_values": torch.cat(patches), "image_grid_hw": torch.tensor([GRID] * n_docs),
-    }
+def is_correct(kind: str, generated: str, expected: str) -> bool:
+    if kind != "grounding":
+        return generated.strip() == expected.strip()
+    got, want = parse_grounding(generated), parse_grounding(expected)
+    return bool(got and want and got[0].box and box_iou(got[0].box, want[0].box) >= 0.5)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
-    args = parser.parse_args(argv)
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    model = isaac_train.IsaacForConditionalGeneration(small_config(image_token_id=IMAGE_TOKEN)).train()
-    print(f"small Isaac model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    start = time.time()
-    for step in range(1, args.steps + 1):
-        out = model(**packed_batch(8, gen))
-        out.loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if step % 10 == 0 or step == 1:
-            print(f"step {step:4d}  loss {out.loss.item():.4f}  ({time.time() - start:.1f}s)")
+def held_out_accuracy(export_dir: Path, eval_dir: str, n: int, show: int = 8) -> dict[str, float]:
+    """Reload the export and score its answers on the first `n` held-out conversations."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    export = args.output_dir / "hf"
-    model.save_pretrained(export)
-    print(f"saved a Hugging Face directory to {export}")
-    from transformers import AutoModelForImageTextToText
+    processor = AutoProcessor.from_pretrained(export_dir)
+    model = AutoModelForImageTextToText.from_pretrained(export_dir).eval()
+    right, total = defaultdict(int), defaultdict(int)
+    for i, conv in enumerate(eval_conversations(eval_dir, n)):
+        kind = (conv.get("meta") or {}).get("type", "other")
+        generated = answer(model, processor, conv["messages"], conv["images"], torch.device("cpu"))
+        ok = is_correct(kind, generated, conv["expected"])
+        right[kind] += ok
+        total[kind] += 1
+        if i < show:
+            question = conv["messages"][-1]["content"][-1]["text"]
+            print(f"  [{'ok' if ok else '--'}] {question}  ->  {generated}")
+    accuracy = {k: right[k] / total[k] for k in sorted(total)}
+    for kind in sorted(total):
+        print(f"  {kind:>9}: {right[kind]:3d}/{total[kind]:3d} = {accuracy[kind]:.0%}  "
+              f"(chance {CHANCE.get(kind, 0):.0%})")
+    overall = sum(right.values()) / max(sum(total.values()), 1)
+    print(f"  overall: {overall:.0%} on {sum(total.values())} held-out questions")
+    return {**accuracy, "overall": overall}
 
-    reloaded = AutoModelForImageTextToText.from_pretrained(export).eval()
-    correct = 0
-    for k, name in enumerate(COLOURS):
-        ids, pv = sample(k, torch.Generator().manual_seed(1000 + k))
-        prompt = torch.tensor([ids[:-2]])
-        with torch.no_grad():
-            gen_ids = reloaded.generate(input_ids=prompt, pixel_values=pv, image_grid_hw=torch.tensor([GRID]),
-                                        max_new_tokens=2, do_sample=False, pad_token_id=0)
-        answer = int(gen_ids[0, prompt.shape[1]]) - ANSWER_BASE
-        predicted = list(COLOURS)[answer] if 0 <= answer < len(COLOURS) else f"<token {answer + ANSWER_BASE}>"
-        correct += predicted == name
-        print(f"held-out {name:>6} image -> model says {predicted}")
-    print(f"accuracy {correct}/{len(COLOURS)} (chance 1/{len(COLOURS)})")
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    cfg = compose_config(overrides)
+    result = train(cfg)
+    if exit_code(result):
+        return exit_code(result)
+    if result.export_dir is None or cfg.data.train_shards is not None:
+        print("no held-out demo questions to answer (run.export=false or custom data)")
+        return 0
+    print(f"\nheld-out questions, answered by the model reloaded from {result.export_dir}:")
+    eval_dir = str(Path(cfg.run.output_dir) / "data" / "eval")
+    accuracy = held_out_accuracy(result.export_dir, eval_dir, cfg.data.demo_eval_samples)
+    (Path(cfg.run.output_dir) / "demo_accuracy.json").write_text(json.dumps(accuracy, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -209,6 +209,9 @@ class PackedLoader:
             self.dataset, batch_size=None, num_workers=workers,
             prefetch_factor=self.spec.prefetch_factor if workers else None,
             persistent_workers=False,
+            # its own generator: creating the iterator must not draw from the global RNG (dropout, LoRA), or a
+            # resumed run would diverge from an uninterrupted one
+            generator=torch.Generator().manual_seed(self.spec.seed),
         )
 
     def __iter__(self) -> Iterator[PackedBatch]:

@@ -36,20 +36,22 @@ def tiny_config(**overrides: Any) -> IsaacConfig:
     return IsaacConfig(**kwargs)
 
 
-def small_config(vocab_size: int = 1024, **overrides: Any) -> IsaacConfig:
-    """~10M parameters: 4-layer Qwen3 (hidden 256), 2-layer SigLIP2 (hidden 128); trains on CPU in minutes."""
+def small_config(**overrides: Any) -> IsaacConfig:
+    """~6M parameters: 4-layer Qwen3 (hidden 256), 2-layer SigLIP2 (hidden 128), the tiny tokenizer's 512-token
+    vocabulary and special ids; trains on CPU in minutes (the demo)."""
     kwargs: dict[str, Any] = dict(
         text_config=dict(
-            vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+            vocab_size=512, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1_000_000.0,
-            max_position_embeddings=8192, eos_token_id=2, pad_token_id=0,
+            max_position_embeddings=8192, bos_token_id=486, eos_token_id=488, pad_token_id=486,
         ),
         vision_config=dict(
             hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
             num_patches=256, pixel_shuffle_scale_factor=2,
         ),
         video_patch_size=16, vision_max_num_patches=256, vision_min_num_patches=16, pixel_shuffle_scale=2,
-        max_sequence_length=2048, image_token_id=5, eos_token_id=2, pad_token_id=0, checkpoint_layout="0.2",
+        max_sequence_length=2048, image_token_id=498, bos_token_id=486, eos_token_id=488, pad_token_id=486,
+        checkpoint_layout="0.2",
     )
     kwargs.update(overrides)
     return IsaacConfig(**kwargs)

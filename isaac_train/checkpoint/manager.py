@@ -1,0 +1,140 @@
+"""Checkpoints: complete or absent, never half-written; `latest` only ever names a complete one.
+
+Layout of `run.output_dir/checkpoints/`:
+
+    step_0000100/
+        model.safetensors        every tensor of the model (our names), fp32
+        optimizer.pt             optimizer state (and the schedule's)
+        trainer_state.json       step, tokens, samples, the config's data/model identity
+        rank_00000.pt            per-rank state: RNG (python, numpy, torch, cuda) and data loader
+        COMPLETE                 written last
+    latest -> step_0000100       a symlink, replaced atomically after the directory is complete
+
+A checkpoint is written to `.tmp_step_0000100` and renamed into place; only then does `latest` move; only
+then are checkpoints beyond the last `keep_last` deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d{7,})$")
+COMPLETE = "COMPLETE"
+
+
+@dataclass
+class TrainState:
+    """Progress counters saved with every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    label_tokens: int = 0
+    samples: int = 0
+    images: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """Save, find and load checkpoints of one run."""
+
+    def __init__(self, root: str | Path, keep_last: int = 3) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    def step_dir(self, step: int) -> Path:
+        return self.root / f"step_{step:07d}"
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [p for p in self.root.iterdir() if STEP_DIR.match(p.name) and (p / COMPLETE).is_file()]
+        return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+    def latest(self) -> Path | None:
+        link = self.root / "latest"
+        if link.is_symlink() or link.exists():
+            target = link.resolve()
+            if (target / COMPLETE).is_file():
+                return target
+        done = self.complete()  # a crash between rename and relink: the newest complete one
+        return done[-1] if done else None
+
+    def save(
+        self, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
+        train_state: TrainState, identity: dict[str, Any], rank_states: list[dict[str, Any]],
+    ) -> Path:
+        """Write checkpoint `step` atomically (single process: rank_states holds this process's state)."""
+        final = self.step_dir(step)
+        tmp = self.root / f".tmp_{final.name}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(
+            {"train_state": asdict(train_state), "identity": identity}, indent=1, default=str))
+        for rank, state in enumerate(rank_states):
+            torch.save(state, tmp / f"rank_{rank:05d}.pt")
+        (tmp / COMPLETE).write_text("ok\n")
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        link_tmp = self.root / ".latest_tmp"
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        link_tmp.symlink_to(final.name)
+        os.replace(link_tmp, self.root / "latest")
+        _fsync_dir(self.root)
+        for old in self.complete()[: -self.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load(self, path: Path, rank: int = 0) -> dict[str, Any]:
+        """Everything of a checkpoint directory for `rank`."""
+        meta = json.loads((path / "trainer_state.json").read_text())
+        return {
+            "model": load_file(path / "model.safetensors"),
+            "optimizer": torch.load(path / "optimizer.pt", weights_only=False),
+            "train_state": TrainState(**meta["train_state"]),
+            "identity": meta["identity"],
+            "rank": torch.load(path / f"rank_{rank:05d}.pt", weights_only=False),
+        }
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

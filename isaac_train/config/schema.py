@@ -1,0 +1,195 @@
+"""The typed training configuration. YAML (configs/, recipes/) only selects and overrides these fields.
+
+`validate(cfg)` runs once, before any process group or model exists, and names the key to change in every
+message. Nothing here rewrites what the user set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+STRATEGIES = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("bf16", "fp32")
+
+
+@dataclass
+class ModelConfig:
+    """Which Isaac to train and how it runs."""
+
+    pretrained: str | None = None  # a checkpoint directory (Perceptron's or ours); None builds `size` from scratch
+    size: str = "small"  # tiny | small: built-in configs for tests and the CPU demo (model/tiny.py)
+    attn_backend: str = "auto"  # auto | sdpa | eager | varlen | flash_attn
+    activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile each decoder and vision block
+    train_vision: str = "none"  # none | all | last_n
+    vision_last_n: int = 0  # with train_vision=last_n: how many of the last vision blocks train
+    train_projector: bool = True
+    train_decoder: str = "full"  # full | frozen | lora (lora: needs peft=lora)
+    train_embeddings: bool = True  # with train_decoder=full: embed_tokens and lm_head train too
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are packed."""
+
+    train_shards: Any = None  # a dataset dir / index.json / brace pattern / glob, or a list of them
+    train_weights: list[float] | None = None  # mixture weights, one per train_shards entry
+    eval_shards: Any = None
+    demo: bool = False  # make `isaac-data demo` data under run.output_dir/data on first use when no shards given
+    demo_train_samples: int = 2000
+    demo_eval_samples: int = 100
+    demo_image_size: int = 128
+    num_workers: int = 2
+    pack_buffer: int = 64
+    rows_per_batch: int = 1  # packed rows per micro-batch
+    max_patches_per_row: int | None = None
+    shuffle: bool = True
+    shuffle_block: int = 1024
+    length_policy: str = "truncate"  # truncate (never through an image) | drop
+    max_error_rate: float = 0.05
+    processor: str | None = None  # tokenizer/processor dir; default: model.pretrained, else the tiny tokenizer
+
+
+@dataclass
+class TrainConfig:
+    """The loop."""
+
+    max_steps: int = 100
+    seq_len: int = 1024
+    seed: int = 0
+    grad_accum: int = 1  # micro-batches per optimizer step (per rank)
+    precision: str = "bf16"  # bf16 autocast where the device supports it (CUDA; CPU when supported), else fp32
+    clip_grad_norm: float | None = 1.0
+    log_every: int = 10
+    eval_every: int = 0  # 0: no periodic eval
+    eval_batches: int = 20
+    eval_generate: int = 4  # generated samples shown at each eval
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 3
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with parameter groups and a schedule."""
+
+    lr: float = 1e-4  # decoder (and LoRA) learning rate
+    lr_projector: float | None = None  # default: lr
+    lr_vision: float | None = None  # default: lr / 10
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay) | constant
+    warmup_steps: int = 0
+    decay_fraction: float = 0.2  # wsd: last fraction of steps that decays
+    min_lr_ratio: float = 0.1
+
+
+@dataclass
+class PeftConfig:
+    """LoRA through peft."""
+
+    kind: str = "none"  # none | lora
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                               "gate_proj", "up_proj", "down_proj"])
+    vision: bool = False  # also LoRA on the vision tower's attention and MLP
+
+
+@dataclass
+class StrategyConfig:
+    """How the model is spread over processes (the distributed issue fills fsdp/zero*)."""
+
+    name: str = "single"
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics go: metrics.jsonl always; W&B when enabled."""
+
+    wandb: str = "disabled"  # disabled | offline | online
+    project: str = "isaac-train"
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/demo"
+    name: str | None = None
+    export: bool = True  # save a Hugging Face directory at the end (run.output_dir/hf)
+    resume: bool = True  # continue from checkpoints/latest when it exists
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    recipe: str | None = None  # the recipe's name, set by the recipe file (informational)
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message names the key and what to set it to."""
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def validate(cfg: Config) -> None:
+    """Check every setting once, up front. Raises ConfigError naming the key to change."""
+    m, d, t, o, p = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.peft
+    _check(m.pretrained is not None or m.size in ("tiny", "small"), "model.size",
+           f"{m.size!r} is not a built-in size (tiny, small); set model.pretrained=/path/to/checkpoint instead")
+    _check(m.attn_backend in ("auto", "sdpa", "eager", "varlen", "flash_attn"), "model.attn_backend",
+           f"{m.attn_backend!r}; choose auto, sdpa, eager, varlen or flash_attn")
+    _check(m.train_vision in ("none", "all", "last_n"), "model.train_vision", "choose none, all or last_n")
+    _check(m.train_vision != "last_n" or m.vision_last_n > 0, "model.vision_last_n",
+           "must be > 0 with model.train_vision=last_n")
+    _check(m.train_decoder in ("full", "frozen", "lora"), "model.train_decoder", "choose full, frozen or lora")
+    _check(p.kind in ("none", "lora"), "peft", f"{p.kind!r}; choose peft=none or peft=lora")
+    _check(m.train_decoder != "lora" or p.kind == "lora", "peft",
+           "model.train_decoder=lora needs peft=lora (rank, alpha, targets live there)")
+    _check(p.kind != "lora" or m.train_decoder == "lora" or p.vision, "model.train_decoder",
+           "peft=lora adapts the decoder: set model.train_decoder=lora (or peft.vision=true for vision-only LoRA)")
+    _check(p.r > 0 and p.alpha > 0 and 0 <= p.dropout < 1, "peft.r", "r and alpha must be > 0, dropout in [0, 1)")
+    any_trainable = m.train_vision != "none" or m.train_projector or m.train_decoder != "frozen" or p.vision
+    _check(any_trainable, "model.train_decoder", "nothing would train: unfreeze the decoder, projector or vision")
+    _check(d.train_shards is not None or d.demo, "data.train_shards",
+           "no training data: set data.train_shards=/path/to/shards (or data.demo=true for the synthetic demo)")
+    if d.train_weights is not None:
+        n = len(d.train_shards) if isinstance(d.train_shards, (list, tuple)) else 1
+        _check(len(d.train_weights) == n and all(w > 0 for w in d.train_weights), "data.train_weights",
+               f"needs {n} positive weight(s), one per data.train_shards entry")
+    _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _check(d.pack_buffer >= 1 and d.rows_per_batch >= 1, "data.pack_buffer", "pack_buffer and rows_per_batch >= 1")
+    _check(d.length_policy in ("truncate", "drop"), "data.length_policy", "choose truncate or drop")
+    _check(0 <= d.max_error_rate <= 1, "data.max_error_rate", "must be within [0, 1]")
+    _check(t.max_steps > 0, "train.max_steps", "must be > 0")
+    _check(t.seq_len >= 64, "train.seq_len", "must be at least 64 tokens")
+    _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+    _check(t.precision in PRECISIONS, "train.precision", f"choose one of {PRECISIONS}")
+    _check(t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", "must be > 0 or null")
+    _check(t.log_every >= 1, "train.log_every", "must be >= 1")
+    _check(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every", "eval_every and save_every must be >= 0")
+    _check(t.eval_every == 0 or d.eval_shards is not None or d.demo, "data.eval_shards",
+           "train.eval_every > 0 needs data.eval_shards (or data.demo=true)")
+    _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    _check(o.lr > 0, "optim.lr", "must be > 0")
+    _check(o.schedule in SCHEDULES, "optim.schedule", f"choose one of {SCHEDULES}")
+    _check(0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "must be >= 0 and below train.max_steps")
+    _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
+    _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    _check(cfg.strategy.name in STRATEGIES, "strategy", f"{cfg.strategy.name!r}; choose one of {STRATEGIES}")
+    _check(cfg.logging.wandb in ("disabled", "offline", "online"), "logging.wandb",
+           "choose disabled, offline or online")
+    _check(bool(cfg.run.output_dir), "run.output_dir", "must be set")

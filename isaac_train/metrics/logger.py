@@ -1,0 +1,92 @@
+"""One metrics sink per run: metrics.jsonl always, W&B when enabled, a progress bar on the console (rank 0)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsLogger:
+    """`log(step, metrics)` appends one JSON object per logged step to run_dir/metrics.jsonl (rank 0)."""
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], rank: int, total_steps: int, start_step: int,
+                 wandb_mode: str = "disabled", project: str = "isaac-train", name: str | None = None,
+                 progress: bool = True) -> None:
+        self.rank = rank
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb = None
+        self.bar = None
+        if rank != 0:
+            return
+        if wandb_mode != "disabled":
+            try:
+                import wandb
+            except ImportError as err:
+                raise RuntimeError("logging.wandb needs the wandb package: pip install -e '.[wandb]'") from err
+            self.wandb = wandb.init(project=project, name=name, mode=wandb_mode, config=config,
+                                    dir=str(run_dir), resume="allow", id=_run_id(run_dir))
+        if progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        record = {"step": step, "time": time.time(), **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
+        if self.bar is not None:
+            shown = {k: record[k] for k in ("loss", "lr", "tokens_per_s") if k in record}
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in shown.items()})
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
+        """Sample predictions: a W&B table (images included) and a JSONL file beside the metrics."""
+        if self.rank != 0 or not rows:
+            return
+        with (self.path.parent / f"{name}.jsonl").open("a") as f:
+            for row in rows:
+                f.write(json.dumps({"step": step, **{k: v for k, v in row.items() if k != "image"}}) + "\n")
+        if self.wandb is not None:
+            import wandb
+
+            columns = list(rows[0])
+            data = [[wandb.Image(r[c]) if c == "image" and r[c] is not None else r[c] for c in columns] for r in rows]
+            self.wandb.log({name: wandb.Table(columns=columns, data=data)}, step=step)
+
+    def write(self, message: str) -> None:
+        if self.rank == 0:
+            (self.bar.write if self.bar is not None else print)(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _run_id(run_dir: Path) -> str:
+    """A stable W&B run id per run directory, so a resumed run continues the same W&B run."""
+    import hashlib
+
+    return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -1,0 +1,179 @@
+"""Small named build steps for the loop: processor, model, what trains, LoRA, optimizer, schedule, loaders."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config.schema import Config
+from ..data.loader import LoaderSpec, PackedLoader, SourceSpec
+from ..model import IsaacConfig, IsaacForConditionalGeneration
+from ..model.tiny import small_config, tiny_config
+from ..processing.processor import IsaacProcessor
+from ..processing.tiny_tokenizer import build_tiny_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def build_processor(cfg: Config, model_config: IsaacConfig) -> IsaacProcessor:
+    """The processor of `data.processor`, else of `model.pretrained`, else the tiny tokenizer (built-in sizes)."""
+    source = cfg.data.processor or cfg.model.pretrained
+    if source:
+        return IsaacProcessor.from_pretrained(source)
+    return IsaacProcessor.from_settings(build_tiny_tokenizer(), model_config)
+
+
+def model_config(cfg: Config) -> IsaacConfig:
+    if cfg.model.pretrained:
+        return IsaacConfig.from_pretrained(cfg.model.pretrained)
+    return {"tiny": tiny_config, "small": small_config}[cfg.model.size]()
+
+
+def build_model(cfg: Config, config: IsaacConfig) -> IsaacForConditionalGeneration:
+    """fp32 master weights: loaded from `model.pretrained`, or initialised from `train.seed`."""
+    if cfg.model.pretrained:
+        model = IsaacForConditionalGeneration.from_pretrained(cfg.model.pretrained, dtype=torch.float32)
+    else:
+        torch.manual_seed(cfg.train.seed)
+        model = IsaacForConditionalGeneration(config)
+    model.config.attn_backend = cfg.model.attn_backend
+    return model
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    return _isaac(model).model.vision_embedding[0]
+
+
+def projector(model: nn.Module) -> list[nn.Module]:
+    emb = _isaac(model).model.vision_embedding
+    return [emb[1], emb[3]]
+
+
+def _isaac(model: nn.Module) -> IsaacForConditionalGeneration:
+    """The IsaacForConditionalGeneration inside peft / DDP wrappers."""
+    for module in model.modules():
+        if isinstance(module, IsaacForConditionalGeneration):
+            return module
+    raise TypeError("no IsaacForConditionalGeneration inside the model")
+
+
+def set_trainable(model: nn.Module, cfg: Config) -> None:
+    """requires_grad per part: vision tower none/all/last N blocks, projector, decoder full/frozen (LoRA later)."""
+    m = cfg.model
+    isaac = _isaac(model)
+    for p in isaac.parameters():
+        p.requires_grad_(m.train_decoder == "full")
+    if m.train_decoder == "full" and not m.train_embeddings:
+        isaac.model.embed_tokens.weight.requires_grad_(False)
+        isaac.lm_head.weight.requires_grad_(False)
+    tower = vision_tower(isaac)
+    for p in tower.parameters():
+        p.requires_grad_(m.train_vision == "all")
+    if m.train_vision == "last_n":
+        blocks = tower.encoder.layers
+        if m.vision_last_n > len(blocks):
+            raise ValueError(f"model.vision_last_n={m.vision_last_n} but the vision tower has {len(blocks)} blocks")
+        for block in list(blocks)[-m.vision_last_n :]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for p in tower.post_layernorm.parameters():
+            p.requires_grad_(True)
+    for module in projector(isaac):
+        for p in module.parameters():
+            p.requires_grad_(m.train_projector)
+
+
+def apply_lora(model: IsaacForConditionalGeneration, cfg: Config) -> nn.Module:
+    """Wrap with peft LoRA on the decoder's (and, with peft.vision, the vision tower's) target projections.
+
+    peft freezes everything else; `set_trainable` runs again afterwards for projector / vision choices."""
+    from peft import LoraConfig, get_peft_model
+
+    p = cfg.peft
+    scopes = []
+    if cfg.model.train_decoder == "lora":
+        scopes.append(r"model\.layers\.\d+\.(self_attn|mlp)\.")
+    if p.vision:
+        scopes.append(r"model\.vision_embedding\.0\.encoder\.layers\.\d+\.(self_attn|mlp)\.")
+    names = "|".join(p.target_modules + (["out_proj", "fc1", "fc2"] if p.vision else []))
+    pattern = rf".*({'|'.join(scopes)})({names})$"
+    lora = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=pattern, bias="none")
+    wrapped = get_peft_model(model, lora)
+    saved = cfg.model.train_decoder
+    cfg.model.train_decoder = "frozen"  # base decoder weights stay frozen under LoRA
+    try:
+        set_trainable(wrapped, cfg)
+    finally:
+        cfg.model.train_decoder = saved
+    for name, param in wrapped.named_parameters():
+        if "lora_" in name:
+            param.requires_grad_(True)
+    return wrapped
+
+
+def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
+    """AdamW groups: (vision | projector | decoder) x (decay | no decay on norms and biases)."""
+    o = cfg.optim
+    lrs = {"vision": o.lr_vision if o.lr_vision is not None else o.lr / 10,
+           "projector": o.lr_projector if o.lr_projector is not None else o.lr, "decoder": o.lr}
+    groups: dict[tuple[str, bool], list[torch.Tensor]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = ("vision" if "vision_embedding.0." in name else
+                "projector" if "vision_embedding.1." in name or "vision_embedding.3." in name else "decoder")
+        no_decay = param.ndim < 2 or "norm" in name or name.endswith(".bias")
+        groups.setdefault((part, no_decay), []).append(param)
+    return [{"params": params, "lr": lrs[part], "weight_decay": 0.0 if no_decay else o.weight_decay,
+             "name": f"{part}{'_no_decay' if no_decay else ''}"} for (part, no_decay), params in sorted(groups.items())]
+
+
+def build_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ValueError("no trainable parameters: check model.train_decoder / train_vision / train_projector")
+    return torch.optim.AdamW(groups, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, foreach=True)
+
+
+def lr_factor(step: int, cfg: Config) -> float:
+    """Multiplier of each group's base lr at optimizer step `step` (0-based): warmup, then the schedule."""
+    o, total = cfg.optim, cfg.train.max_steps
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "cosine":
+        progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    decay_start = total - int(o.decay_fraction * total)  # wsd: warmup, stable, then linear decay
+    if step < decay_start:
+        return 1.0
+    progress = (step - decay_start) / max(1, total - decay_start)
+    return 1.0 - (1 - o.min_lr_ratio) * min(progress, 1.0)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+
+
+def loader_spec(cfg: Config, shards: list[str] | str, weights: list[float] | None, train: bool) -> LoaderSpec:
+    d, t = cfg.data, cfg.train
+    entries = list(shards) if isinstance(shards, (list, tuple)) else [shards]
+    weights = weights or [1.0] * len(entries)
+    sources = [SourceSpec(Path(str(s)).name or f"source{i}", str(s), w) for i, (s, w) in
+               enumerate(zip(entries, weights, strict=True))]
+    return LoaderSpec(
+        sources=sources, seq_len=t.seq_len, rows_per_batch=d.rows_per_batch, max_patches_per_row=d.max_patches_per_row,
+        pack_buffer=d.pack_buffer, seed=t.seed, shuffle=d.shuffle and train, shuffle_block=d.shuffle_block,
+        epochs=None if train else 1, length_policy=d.length_policy, max_error_rate=d.max_error_rate,
+        num_workers=d.num_workers,
+    )
+
+
+def build_loader(cfg: Config, processor: IsaacProcessor, shards, weights, train: bool, rank: int = 0,
+                 world_size: int = 1) -> PackedLoader:
+    return PackedLoader(loader_spec(cfg, shards, weights, train), processor, rank=rank, world_size=world_size)

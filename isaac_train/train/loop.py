@@ -1,0 +1,288 @@
+"""The training loop: one function to read top to bottom.
+
+    setup -> (resume) -> for each step: micro-batches -> loss / global label tokens -> backward -> clip ->
+    step -> schedule -> log / eval / checkpoint -> ... -> final checkpoint -> export
+
+The loss of a step is the sum of token losses over all its micro-batches divided by their total number of label
+tokens, so gradient accumulation changes nothing but memory. SIGTERM / SIGUSR1 finish the current step, write a
+checkpoint and exit with REQUEUE_EXIT_CODE; the next start of the same command resumes from `latest`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from ..checkpoint.manager import CheckpointManager, TrainState, rng_state, set_rng_state
+from ..config.schema import Config
+from ..metrics.flops import device_peak_flops, model_parts, step_flops
+from ..metrics.logger import MetricsLogger
+from . import build
+from .evaluate import eval_loss, generate_samples
+
+logger = logging.getLogger(__name__)
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpointed, start me again"
+
+
+@dataclass
+class TrainResult:
+    state: TrainState
+    run_dir: Path
+    checkpoint: Path | None
+    export_dir: Path | None
+    last_metrics: dict[str, Any]
+    stopped_by_signal: bool = False
+
+
+class StopFlag:
+    """Set by SIGTERM / SIGUSR1; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers (tests, notebooks)
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def identity(cfg: Config) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint (the model and the data it sees)."""
+    model = {k: v for k, v in dataclasses.asdict(cfg.model).items()
+             if k not in ("attn_backend", "activation_checkpointing", "compile")}
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("num_workers", "max_error_rate")}
+    return json.loads(json.dumps({"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data,
+                                  "seq_len": cfg.train.seq_len, "seed": cfg.train.seed,
+                                  "grad_accum": cfg.train.grad_accum}, default=str))
+
+
+def check_identity(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
+    diffs = []
+    for section in sorted(set(saved) | set(current)):
+        a, b = saved.get(section), current.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                      if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{section}: {a!r} -> {b!r}")
+    if diffs:
+        raise ValueError(
+            f"refusing to resume from {where}: the model or data configuration changed ({'; '.join(diffs)}). Use the "
+            "checkpoint's settings, a new run.output_dir, or run.resume=false to start over in this directory."
+        )
+
+
+def autocast(cfg: Config, device: torch.device):
+    if cfg.train.precision == "bf16":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cpu":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_data(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Shard specs for training/eval; with data.demo, make the synthetic demo data on first use."""
+    d = cfg.data
+    if d.train_shards is not None:
+        return {"train": d.train_shards, "weights": d.train_weights, "eval": d.eval_shards, "answers": None}
+    from data_tools.demo import make_demo_dataset
+
+    info = make_demo_dataset(run_dir / "data", train=d.demo_train_samples, eval=d.demo_eval_samples,
+                             seed=cfg.train.seed, image_size=d.demo_image_size)
+    return {"train": info["train_dir"], "weights": None, "eval": info["eval_dir"], "answers": info["eval_answers"]}
+
+
+def accumulate(model: torch.nn.Module, micro_batches: list, global_label_tokens: int, cfg: Config,
+               device: torch.device) -> tuple[float, int]:
+    """Forward/backward every micro-batch with loss = sum over its label tokens / the global count.
+    Returns (sum of token losses, label tokens) of this rank."""
+    loss_sum, count = 0.0, 0
+    for batch in micro_batches:
+        with autocast(cfg, device):
+            out = model(**batch.to(device).model_inputs(), return_logits=False)
+        (out.loss_sum / global_label_tokens).backward()
+        loss_sum += float(out.loss_sum.detach())
+        count += int(out.num_label_tokens)
+    return loss_sum, count
+
+
+def train(cfg: Config) -> TrainResult:
+    """Run (or resume) a training run as configured; returns its final state and where things were written."""
+    run_dir = Path(cfg.run.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.strategy.name != "single":
+        raise NotImplementedError(f"strategy={cfg.strategy.name} is not available in this build; use strategy=single")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.train.seed)
+
+    # ---- build ----
+    model_config = build.model_config(cfg)
+    processor = build.build_processor(cfg, model_config)
+    data = prepare_data(cfg, run_dir)
+    model = build.build_model(cfg, model_config)
+    build.set_trainable(model, cfg)
+    if cfg.peft.kind == "lora":
+        model = build.apply_lora(model, cfg)
+    isaac = build._isaac(model)
+    if cfg.model.activation_checkpointing:
+        isaac.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.to(device)
+    optimizer = build.build_optimizer(model, cfg)
+    scheduler = build.build_scheduler(optimizer, cfg)
+    loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True)
+    ckpt = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_last)
+    state = TrainState()
+    ident = identity(cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # ---- resume ----
+    latest = ckpt.latest() if cfg.run.resume else None
+    if latest is not None:
+        saved = ckpt.load(latest)
+        check_identity(saved["identity"], ident, latest)
+        missing, unexpected = model.load_state_dict(saved["model"], strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {latest} does not fit the model: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        optimizer.load_state_dict(saved["optimizer"]["optimizer"])
+        scheduler.load_state_dict(saved["optimizer"]["scheduler"])
+        loader.load_state_dict(saved["rank"]["data"])
+        set_rng_state(saved["rank"]["rng"])
+        state = saved["train_state"]
+        logger.info("resumed from %s at step %d", latest, state.step)
+    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+
+    metrics_log = MetricsLogger(run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), rank=0,
+                                total_steps=cfg.train.max_steps, start_step=state.step, wandb_mode=cfg.logging.wandb,
+                                project=cfg.logging.project, name=cfg.run.name, progress=cfg.logging.progress)
+    metrics_log.write(f"isaac-train: {cfg.recipe or 'custom'} on {device}, {trainable / 1e6:.2f}M trainable "
+                      f"parameters, run dir {run_dir}")
+    parts, peak = model_parts(isaac), device_peak_flops(device)
+    trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)
+    stop = StopFlag()
+    batches = iter(loader)
+    last: dict[str, Any] = {}
+    window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0, "wait": loader.data_wait_s}
+
+    # ---- the loop ----
+    model.train()
+    while state.step < cfg.train.max_steps:
+        start = time.perf_counter()
+        micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+        label_tokens = sum(b.num_label_tokens for b in micro)
+        if label_tokens == 0:
+            raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
+        loss_sum, _ = accumulate(model, micro, label_tokens, cfg, device)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in model.parameters() if p.requires_grad], cfg.train.clip_grad_norm or float("inf"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        tokens = sum(b.num_tokens for b in micro)
+        state.tokens += tokens
+        state.label_tokens += label_tokens
+        state.samples += sum(len(row) for b in micro for row in b.sample_keys)
+        state.images += sum(int(b.image_grid_hw.shape[0]) for b in micro)
+        elapsed = time.perf_counter() - start
+        window["tokens"] += tokens
+        window["images"] += sum(int(b.image_grid_hw.shape[0]) for b in micro)
+        window["flops"] += sum(step_flops(parts, b, *trains) for b in micro)
+        window["time"] += elapsed
+        window["fill"] += sum(b.fill for b in micro) / len(micro)
+        window["n"] += 1
+        metrics_log.advance()
+
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            last = {
+                "loss": loss_sum / label_tokens, "lr": scheduler.get_last_lr()[-1], "grad_norm": float(grad_norm),
+                "tokens_per_s": window["tokens"] / window["time"], "images_per_s": window["images"] / window["time"],
+                "packing_efficiency": window["fill"] / window["n"], "step_time_s": window["time"] / window["n"],
+                "data_wait_s": loader.data_wait_s - window["wait"], "tokens": state.tokens,
+                "samples": state.samples, "skipped": loader.skip_counts(),
+                "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30,
+            }
+            if peak:
+                last["mfu"] = window["flops"] / window["time"] / peak
+            metrics_log.log(state.step, last)
+            window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0,
+                      "wait": loader.data_wait_s}
+
+        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None:
+            _evaluate(cfg, model, isaac, processor, data, device, state.step, metrics_log)
+            model.train()
+
+        final = state.step == cfg.train.max_steps
+        if final or stop.signal or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
+            saved_at = _save(ckpt, model, optimizer, scheduler, loader, state, ident)
+        if stop.signal:
+            metrics_log.write(f"signal {stop.signal}: checkpointed step {state.step} at {saved_at}; exiting with "
+                              f"code {REQUEUE_EXIT_CODE} so the job can be requeued")
+            metrics_log.close()
+            stop.restore()
+            return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True)
+
+    stop.restore()
+    checkpoint = ckpt.latest()
+    export_dir = None
+    if cfg.run.export:
+        from ..checkpoint.export import export_hf
+
+        export_dir = export_hf(model, processor, run_dir / "hf")
+        metrics_log.write(f"exported a Hugging Face directory to {export_dir}")
+    skipped = loader.skip_counts()
+    metrics_log.write(f"done: {state.step} steps, {state.tokens:,} tokens, {state.samples:,} samples; skipped "
+                      f"{sum(skipped.values())} ({skipped or 'none'})")
+    metrics_log.close()
+    return TrainResult(state, run_dir, checkpoint, export_dir, last)
+
+
+def _save(ckpt: CheckpointManager, model, optimizer, scheduler, loader, state: TrainState, ident) -> Path:
+    return ckpt.save(
+        state.step, model.state_dict(),
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        state, ident, [{"rng": rng_state(), "data": loader.state_dict()}],
+    )
+
+
+def _evaluate(cfg: Config, model, isaac, processor, data, device, step: int, metrics_log: MetricsLogger) -> None:
+    model.eval()
+    eval_loader = build.build_loader(cfg, processor, data["eval"], None, train=False)
+    with torch.no_grad(), autocast(cfg, device):
+        loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
+    rows = generate_samples(isaac, processor, data["eval"], cfg.train.eval_generate, device)
+    metrics_log.log(step, {"eval_loss": loss})
+    metrics_log.table("eval_samples", rows, step)
+    for row in rows[:2]:
+        metrics_log.write(f"  eval: {row['question']!r} -> {row['generated']!r} (expected {row['expected']!r})")
+
+
+def _rss() -> int:
+    with contextlib.suppress(Exception):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return 0
+
+
+def exit_code(result: TrainResult) -> int:
+    return REQUEUE_EXIT_CODE if result.stopped_by_signal else 0
+
