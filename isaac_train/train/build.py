@@ -115,6 +115,12 @@ def apply_lora(model: IsaacForConditionalGeneration, cfg: Config) -> nn.Module:
     return wrapped
 
 
+def compile_blocks(isaac: IsaacForConditionalGeneration) -> None:
+    """torch.compile every decoder layer and vision block in place (shapes vary with packing: dynamic)."""
+    for block in [*isaac.model.layers, *isaac.model.vision_embedding[0].encoder.layers]:
+        block.compile(dynamic=True)
+
+
 def param_groups(model: nn.Module, cfg: Config) -> list[dict]:
     """AdamW groups: (vision | projector | decoder) x (decay | no decay on norms and biases)."""
     o = cfg.optim

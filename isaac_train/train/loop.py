@@ -144,6 +144,8 @@ def train(cfg: Config) -> TrainResult:
     isaac = build._isaac(model)
     if cfg.model.activation_checkpointing:
         isaac.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.compile:
+        build.compile_blocks(isaac)
     model.to(device)
     optimizer = build.build_optimizer(model, cfg)
     scheduler = build.build_scheduler(optimizer, cfg)

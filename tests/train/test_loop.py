@@ -115,3 +115,18 @@ def test_resume_with_changed_data_is_refused(train_shards, tmp_path):
         train(compose_config(tiny_overrides(train_shards, out, "train.max_steps=6", "train.seq_len=512")))
     more = train(compose_config(tiny_overrides(train_shards, out, "train.max_steps=5")))  # extending is fine
     assert more.state.step == 5
+
+
+def test_wandb_offline_and_metrics_file(train_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    result = train(compose_config(tiny_overrides(train_shards, out, "logging.wandb=offline", "train.max_steps=3")))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_s", "images_per_s", "packing_efficiency",
+                "data_wait_s", "skipped", "memory_gb"):
+        assert key in records[-1], key
+    assert result.state.step == 3
+    assert any((out / "wandb").rglob("*.wandb")), "an offline W&B run was written"
