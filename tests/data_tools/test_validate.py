@@ -42,7 +42,7 @@ def write_good(writer: ShardWriter, key: str, i: int) -> None:
     writer.write(key, chat(f"What colour is shape {i}?", f"It is red, number {i}."), [(suffix, image_bytes(fmt))])
 
 
-# key -> (reason, how it is written); unhandled_error: a role that is not a string gets past encode_members.
+# key -> (reason, how it is written).
 FAULTS = {
     "corruptjpeg": "corrupt_image",
     "notimage": "corrupt_image",
@@ -51,7 +51,7 @@ FAULTS = {
     "mismatch": "image_count_mismatch",
     "toolong": "too_long",
     "nolabels": "no_labels",
-    "badrole": "unhandled_error",
+    "badrole": "bad_schema",
 }
 
 
@@ -100,9 +100,7 @@ def read_report(path: Path) -> list[dict]:
 
 
 def triples(rows: list[dict]) -> list[tuple[str, str | None, str]]:
-    # An unfixed decode lets a non-string role through (unhandled_error); a fixed one skips it as invalid_sample.
-    return [(Path(r["shard"]).name, r["key"], "unhandled_error" if r["reason"] == "invalid_sample" else r["reason"])
-            for r in rows]
+    return [(Path(r["shard"]).name, r["key"], r["reason"]) for r in rows]
 
 
 def test_each_fault_found_with_key_and_reason(faulty, tmp_path, capsys):

@@ -22,7 +22,8 @@ def train_shards(tmp_path_factory) -> Path:
 
 def tiny_overrides(shards: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "model=tiny", "model.attn_backend=sdpa", "data.demo=false", f"data.train_shards={shards}",
+        "model=tiny", "model.attn_backend=sdpa", "model.train_vision=none", "data.demo=false",
+        f"data.train_shards={shards}",
         "data.num_workers=0", "data.pack_buffer=8", "train.seq_len=256", "train.precision=fp32",
         "train.max_steps=8", "train.log_every=1", "train.eval_every=0", "train.save_every=0", "optim.lr=1e-3",
         "optim.warmup_steps=2", "logging.progress=false", "run.export=false", f"run.output_dir={out}", *extra,
