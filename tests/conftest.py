@@ -105,3 +105,11 @@ def tiny_processor(tiny_tokenizer):
     from isaac_train.processing.processor import IsaacProcessor
 
     return IsaacProcessor.from_settings(tiny_tokenizer, tiny_config())
+
+
+@pytest.fixture(scope="session")
+def train_shards(tmp_path_factory) -> Path:
+    """120 chat samples with images in 6 shards (tests/data_helpers.py), for training runs."""
+    from .data_helpers import make_chat_shards
+
+    return make_chat_shards(tmp_path_factory.mktemp("train_shards"), n=120, per_shard=20, seed=7)

@@ -87,34 +87,41 @@ class CheckpointManager:
         return done[-1] if done else None
 
     def save(
-        self, step: int, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
-        train_state: TrainState, identity: dict[str, Any], rank_states: list[dict[str, Any]],
+        self, step: int, model_state: dict[str, torch.Tensor] | None, optimizer_state: dict[str, Any] | None,
+        train_state: TrainState, identity: dict[str, Any], rank_state: dict[str, Any], rank: int = 0,
+        barrier: Any = None,
     ) -> Path:
-        """Write checkpoint `step` atomically (single process: rank_states holds this process's state)."""
+        """Write checkpoint `step` atomically. Every rank calls this with its own `rank_state` (RNG, data
+        position); rank 0 passes the model and optimizer states (replicated under DDP) and commits."""
+        barrier = barrier or (lambda: None)
         final = self.step_dir(step)
         tmp = self.root / f".tmp_{final.name}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(
-            {"train_state": asdict(train_state), "identity": identity}, indent=1, default=str))
-        for rank, state in enumerate(rank_states):
-            torch.save(state, tmp / f"rank_{rank:05d}.pt")
-        (tmp / COMPLETE).write_text("ok\n")
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        link_tmp = self.root / ".latest_tmp"
-        if link_tmp.is_symlink() or link_tmp.exists():
-            link_tmp.unlink()
-        link_tmp.symlink_to(final.name)
-        os.replace(link_tmp, self.root / "latest")
-        _fsync_dir(self.root)
-        for old in self.complete()[: -self.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        if rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        barrier()
+        torch.save(rank_state, tmp / f"rank_{rank:05d}.pt")
+        barrier()
+        if rank == 0:
+            save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
+            torch.save(optimizer_state, tmp / "optimizer.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(
+                {"train_state": asdict(train_state), "identity": identity}, indent=1, default=str))
+            (tmp / COMPLETE).write_text("ok\n")
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            link_tmp = self.root / ".latest_tmp"
+            if link_tmp.is_symlink() or link_tmp.exists():
+                link_tmp.unlink()
+            link_tmp.symlink_to(final.name)
+            os.replace(link_tmp, self.root / "latest")
+            _fsync_dir(self.root)
+            for old in self.complete()[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
         return final
 
     def load(self, path: Path, rank: int = 0) -> dict[str, Any]:

@@ -40,9 +40,11 @@ def compose_config(overrides: list[str] | None = None) -> Config:
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
+    from ..distributed.setup import shutdown_and_exit
     from .loop import exit_code, train
 
     result = train(to_config(cfg))
+    shutdown_and_exit(result.env, exit_code(result))  # torchrun ranks leave here (clean gloo/NCCL exit)
     if exit_code(result):
         sys.exit(exit_code(result))
 

@@ -22,9 +22,11 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.manager import CheckpointManager, TrainState, rng_state, set_rng_state
 from ..config.schema import Config
+from ..distributed.setup import init_distributed
 from ..metrics.flops import device_peak_flops, model_parts, step_flops
 from ..metrics.logger import MetricsLogger
 from . import build
@@ -42,6 +44,7 @@ class TrainResult:
     export_dir: Path | None
     last_metrics: dict[str, Any]
     stopped_by_signal: bool = False
+    env: Any = None
 
 
 class StopFlag:
@@ -127,16 +130,20 @@ def train(cfg: Config) -> TrainResult:
     """Run (or resume) a training run as configured; returns its final state and where things were written."""
     run_dir = Path(cfg.run.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.strategy.name != "single":
-        raise NotImplementedError(f"strategy={cfg.strategy.name} is not available in this build; use strategy=single")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.strategy.name not in ("single", "ddp"):
+        raise NotImplementedError(f"strategy={cfg.strategy.name} is not available in this build; use single or ddp")
+    env = init_distributed(cfg.strategy.name)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(levelname)s %(name)s: %(message)s")
+    device = env.device
     torch.manual_seed(cfg.train.seed)
 
     # ---- build ----
     model_config = build.model_config(cfg)
     processor = build.build_processor(cfg, model_config)
-    data = prepare_data(cfg, run_dir)
+    if env.is_main:
+        data = prepare_data(cfg, run_dir)
+    env.barrier()
+    data = prepare_data(cfg, run_dir) if not env.is_main else data  # made by rank 0, reused by the others
     model = build.build_model(cfg, model_config)
     build.set_trainable(model, cfg)
     if cfg.peft.kind == "lora":
@@ -149,7 +156,8 @@ def train(cfg: Config) -> TrainResult:
     model.to(device)
     optimizer = build.build_optimizer(model, cfg)
     scheduler = build.build_scheduler(optimizer, cfg)
-    loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True)
+    loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True, rank=env.rank,
+                                world_size=env.world_size)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_last)
     state = TrainState()
     ident = identity(cfg)
@@ -158,7 +166,7 @@ def train(cfg: Config) -> TrainResult:
     # ---- resume ----
     latest = ckpt.latest() if cfg.run.resume else None
     if latest is not None:
-        saved = ckpt.load(latest)
+        saved = ckpt.load(latest, rank=env.rank)
         check_identity(saved["identity"], ident, latest)
         missing, unexpected = model.load_state_dict(saved["model"], strict=False)
         if missing or unexpected:
@@ -170,9 +178,18 @@ def train(cfg: Config) -> TrainResult:
         set_rng_state(saved["rank"]["rng"])
         state = saved["train_state"]
         logger.info("resumed from %s at step %d", latest, state.step)
-    OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    if env.is_main:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
+    plain = model
+    if latest is None:
+        # Each rank its own random stream for dropout (the model itself was initialised identically everywhere).
+        torch.manual_seed(cfg.train.seed + 7919 * env.rank)
+    if env.distributed:
+        # Ranks whose batch has no image leave the vision parameters without gradient: tell DDP.
+        vision_trains = any(p.requires_grad for n, p in model.named_parameters() if "vision_embedding" in n)
+        model = DistributedDataParallel(model, find_unused_parameters=vision_trains)
 
-    metrics_log = MetricsLogger(run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), rank=0,
+    metrics_log = MetricsLogger(run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), rank=env.rank,
                                 total_steps=cfg.train.max_steps, start_step=state.step, wandb_mode=cfg.logging.wandb,
                                 project=cfg.logging.project, name=cfg.run.name, progress=cfg.logging.progress)
     metrics_log.write(f"isaac-train: {cfg.recipe or 'custom'} on {device}, {trainable / 1e6:.2f}M trainable "
@@ -189,17 +206,18 @@ def train(cfg: Config) -> TrainResult:
     while state.step < cfg.train.max_steps:
         start = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-        label_tokens = sum(b.num_label_tokens for b in micro)
+        label_tokens = int(env.sum(sum(b.num_label_tokens for b in micro)))
         if label_tokens == 0:
             raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
-        loss_sum, _ = accumulate(model, micro, label_tokens, cfg, device)
+        # DDP averages gradients over ranks: scale so that the result is the sum over the global label count.
+        loss_sum = env.sum(accumulate(model, micro, label_tokens / env.world_size, cfg, device)[0])
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in model.parameters() if p.requires_grad], cfg.train.clip_grad_norm or float("inf"))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        tokens = sum(b.num_tokens for b in micro)
+        tokens = int(env.sum(sum(b.num_tokens for b in micro)))
         state.tokens += tokens
         state.label_tokens += label_tokens
         state.samples += sum(len(row) for b in micro for row in b.sample_keys)
@@ -214,12 +232,16 @@ def train(cfg: Config) -> TrainResult:
         metrics_log.advance()
 
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            skipped = {}
+            for counts in env.gather(loader.skip_counts()):
+                for reason, n in counts.items():
+                    skipped[reason] = skipped.get(reason, 0) + n
             last = {
                 "loss": loss_sum / label_tokens, "lr": scheduler.get_last_lr()[-1], "grad_norm": float(grad_norm),
                 "tokens_per_s": window["tokens"] / window["time"], "images_per_s": window["images"] / window["time"],
                 "packing_efficiency": window["fill"] / window["n"], "step_time_s": window["time"] / window["n"],
                 "data_wait_s": loader.data_wait_s - window["wait"], "tokens": state.tokens,
-                "samples": state.samples, "skipped": loader.skip_counts(),
+                "samples": state.samples, "skipped": skipped,
                 "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30,
             }
             if peak:
@@ -228,40 +250,43 @@ def train(cfg: Config) -> TrainResult:
             window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0,
                       "wait": loader.data_wait_s}
 
-        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None:
-            _evaluate(cfg, model, isaac, processor, data, device, state.step, metrics_log)
+        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
+                and env.is_main:
+            _evaluate(cfg, plain, isaac, processor, data, device, state.step, metrics_log)
             model.train()
 
         final = state.step == cfg.train.max_steps
         if final or stop.signal or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
-            saved_at = _save(ckpt, model, optimizer, scheduler, loader, state, ident)
+            saved_at = _save(ckpt, plain, optimizer, scheduler, loader, state, ident, env)
         if stop.signal:
             metrics_log.write(f"signal {stop.signal}: checkpointed step {state.step} at {saved_at}; exiting with "
                               f"code {REQUEUE_EXIT_CODE} so the job can be requeued")
             metrics_log.close()
             stop.restore()
-            return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True)
+            return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True, env=env)
 
     stop.restore()
     checkpoint = ckpt.latest()
     export_dir = None
-    if cfg.run.export:
+    if cfg.run.export and env.is_main:
         from ..checkpoint.export import export_hf
 
-        export_dir = export_hf(model, processor, run_dir / "hf")
+        export_dir = export_hf(plain, processor, run_dir / "hf")
         metrics_log.write(f"exported a Hugging Face directory to {export_dir}")
     skipped = loader.skip_counts()
     metrics_log.write(f"done: {state.step} steps, {state.tokens:,} tokens, {state.samples:,} samples; skipped "
                       f"{sum(skipped.values())} ({skipped or 'none'})")
     metrics_log.close()
-    return TrainResult(state, run_dir, checkpoint, export_dir, last)
+    env.barrier()
+    return TrainResult(state, run_dir, checkpoint, export_dir, last, env=env)
 
 
-def _save(ckpt: CheckpointManager, model, optimizer, scheduler, loader, state: TrainState, ident) -> Path:
+def _save(ckpt: CheckpointManager, model, optimizer, scheduler, loader, state: TrainState, ident, env) -> Path:
+    main = env.is_main
     return ckpt.save(
-        state.step, model.state_dict(),
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        state, ident, [{"rng": rng_state(), "data": loader.state_dict()}],
+        state.step, model.state_dict() if main else None,
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()} if main else None,
+        state, ident, {"rng": rng_state(), "data": loader.state_dict()}, rank=env.rank, barrier=env.barrier,
     )
 
 

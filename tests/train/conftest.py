@@ -10,15 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from ..data_helpers import make_chat_shards
-
-
-@pytest.fixture(scope="session")
-def train_shards(tmp_path_factory) -> Path:
-    return make_chat_shards(tmp_path_factory.mktemp("train_shards"), n=120, per_shard=20, seed=7)
-
 
 def tiny_overrides(shards: Path, out: Path, *extra: str) -> list[str]:
     return [

@@ -1,0 +1,1 @@
+"""The only package that knows about parallelism: process groups, wrapping, collectives."""

@@ -1,0 +1,82 @@
+"""Process-group setup and teardown under torchrun, and the few collectives the loop needs.
+
+Teardown follows docs measured on gloo (shared/platform_notes.md): heavy imports happen before the group starts;
+at the end every rank passes a barrier, destroys the group, flushes its output and leaves with os._exit, which
+avoids the 'terminate called without an active exception' abort some ranks hit at interpreter shutdown.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def sum(self, value: float) -> float:
+        """Sum of a number over ranks (float64 on the wire)."""
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
+def init_distributed(strategy: str, timeout_s: int = 1800) -> DistEnv:
+    """Start the process group from torchrun's environment; refuse a strategy that does not fit it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if world > 1 and strategy == "single":
+        raise ValueError(f"strategy=single but torchrun started {world} processes; use strategy=ddp")
+    if world == 1:
+        return DistEnv(device=device)
+    if cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        # A collective that waits longer than the timeout fails with a named error instead of hanging forever.
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def shutdown_and_exit(env: DistEnv, code: int) -> None:
+    """End a torchrun rank cleanly (see the module docstring); returns only when not distributed."""
+    if not env.distributed:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
