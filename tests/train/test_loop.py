@@ -130,3 +130,18 @@ def test_wandb_offline_and_metrics_file(train_shards, tmp_path, monkeypatch):
         assert key in records[-1], key
     assert result.state.step == 3
     assert any((out / "wandb").rglob("*.wandb")), "an offline W&B run was written"
+
+
+def test_keep_last_and_latest_only_name_complete_checkpoints(train_shards, tmp_path):
+    out = tmp_path / "run"
+    train(compose_config(tiny_overrides(train_shards, out, "train.max_steps=5", "train.save_every=1",
+                                        "train.keep_last=2")))
+    manager = CheckpointManager(out / "checkpoints")
+    assert [p.name for p in manager.complete()] == ["step_0000004", "step_0000005"]
+    assert (out / "checkpoints" / "latest").resolve().name == "step_0000005"
+    assert not list((out / "checkpoints").glob(".tmp_*"))
+    # a half-written checkpoint (no COMPLETE marker) is never picked up
+    broken = out / "checkpoints" / "step_0000009"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"partial")
+    assert manager.latest().name == "step_0000005"
