@@ -61,13 +61,15 @@ def _isaac(model: nn.Module) -> IsaacForConditionalGeneration:
     raise TypeError("no IsaacForConditionalGeneration inside the model")
 
 
-def set_trainable(model: nn.Module, cfg: Config) -> None:
-    """requires_grad per part: vision tower none/all/last N blocks, projector, decoder full/frozen (LoRA later)."""
+def set_trainable(model: nn.Module, cfg: Config, decoder: str | None = None) -> None:
+    """requires_grad per part: vision tower none/all/last N blocks, projector, decoder full/frozen (`decoder`
+    overrides model.train_decoder; LoRA calls this with "frozen" for the base weights)."""
     m = cfg.model
+    decoder = decoder or m.train_decoder
     isaac = _isaac(model)
     for p in isaac.parameters():
-        p.requires_grad_(m.train_decoder == "full")
-    if m.train_decoder == "full" and not m.train_embeddings:
+        p.requires_grad_(decoder == "full")
+    if decoder == "full" and not m.train_embeddings:
         isaac.model.embed_tokens.weight.requires_grad_(False)
         isaac.lm_head.weight.requires_grad_(False)
     tower = vision_tower(isaac)
@@ -103,12 +105,7 @@ def apply_lora(model: IsaacForConditionalGeneration, cfg: Config) -> nn.Module:
     pattern = rf".*({'|'.join(scopes)})({names})$"
     lora = LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=pattern, bias="none")
     wrapped = get_peft_model(model, lora)
-    saved = cfg.model.train_decoder
-    cfg.model.train_decoder = "frozen"  # base decoder weights stay frozen under LoRA
-    try:
-        set_trainable(wrapped, cfg)
-    finally:
-        cfg.model.train_decoder = saved
+    set_trainable(wrapped, cfg, decoder="frozen")  # base decoder weights stay frozen under LoRA
     for name, param in wrapped.named_parameters():
         if "lora_" in name:
             param.requires_grad_(True)
