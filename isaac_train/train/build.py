@@ -45,15 +45,15 @@ def build_model(cfg: Config, config: IsaacConfig) -> IsaacForConditionalGenerati
 
 
 def vision_tower(model: nn.Module) -> nn.Module:
-    return _isaac(model).model.vision_embedding[0]
+    return isaac_of(model).model.vision_embedding[0]
 
 
 def projector(model: nn.Module) -> list[nn.Module]:
-    emb = _isaac(model).model.vision_embedding
+    emb = isaac_of(model).model.vision_embedding
     return [emb[1], emb[3]]
 
 
-def _isaac(model: nn.Module) -> IsaacForConditionalGeneration:
+def isaac_of(model: nn.Module) -> IsaacForConditionalGeneration:
     """The IsaacForConditionalGeneration inside peft / DDP wrappers."""
     for module in model.modules():
         if isinstance(module, IsaacForConditionalGeneration):
@@ -66,7 +66,7 @@ def set_trainable(model: nn.Module, cfg: Config, decoder: str | None = None) -> 
     overrides model.train_decoder; LoRA calls this with "frozen" for the base weights)."""
     m = cfg.model
     decoder = decoder or m.train_decoder
-    isaac = _isaac(model)
+    isaac = isaac_of(model)
     for p in isaac.parameters():
         p.requires_grad_(decoder == "full")
     if decoder == "full" and not m.train_embeddings:

@@ -140,15 +140,16 @@ def train(cfg: Config) -> TrainResult:
     # ---- build ----
     model_config = build.model_config(cfg)
     processor = build.build_processor(cfg, model_config)
+    if not env.is_main:
+        env.barrier()  # rank 0 makes the demo data first; the others then find it and reuse it
+    data = prepare_data(cfg, run_dir)
     if env.is_main:
-        data = prepare_data(cfg, run_dir)
-    env.barrier()
-    data = prepare_data(cfg, run_dir) if not env.is_main else data  # made by rank 0, reused by the others
+        env.barrier()
     model = build.build_model(cfg, model_config)
     build.set_trainable(model, cfg)
     if cfg.peft.kind == "lora":
         model = build.apply_lora(model, cfg)
-    isaac = build._isaac(model)
+    isaac = build.isaac_of(model)
     if cfg.model.activation_checkpointing:
         isaac.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.model.compile:
