@@ -3,9 +3,12 @@
 Layout of `run.output_dir/checkpoints/`:
 
     step_0000100/
-        model.safetensors        every tensor of the model (our names), fp32
-        optimizer.pt             optimizer state (and the schedule's)
-        trainer_state.json       step, tokens, samples, the config's data/model identity
+        model.safetensors        format "full" (single, ddp): every tensor of the model (our names), fp32
+        optimizer.pt               and the optimizer state keyed by parameter name
+        dcp/                     format "dcp" (fsdp): sharded model + optimizer, loadable by any world size
+        deepspeed/               format "deepspeed" (zero1-3): DeepSpeed's files
+        scheduler.pt             the learning-rate schedule
+        trainer_state.json       step, tokens, samples, the model/data identity, strategy, format, world size
         rank_00000.pt            per-rank state: RNG (python, numpy, torch, cuda) and data loader
         COMPLETE                 written last
     latest -> step_0000100       a symlink, replaced atomically after the directory is complete
@@ -21,13 +24,13 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
 COMPLETE = "COMPLETE"
@@ -87,12 +90,12 @@ class CheckpointManager:
         return done[-1] if done else None
 
     def save(
-        self, step: int, model_state: dict[str, torch.Tensor] | None, optimizer_state: dict[str, Any] | None,
-        train_state: TrainState, identity: dict[str, Any], rank_state: dict[str, Any], rank: int = 0,
-        barrier: Any = None,
+        self, step: int, write: Callable[[Path], None], train_state: TrainState, identity: dict[str, Any],
+        rank_state: dict[str, Any], rank: int = 0, barrier: Any = None, meta: dict[str, Any] | None = None,
     ) -> Path:
-        """Write checkpoint `step` atomically. Every rank calls this with its own `rank_state` (RNG, data
-        position); rank 0 passes the model and optimizer states (replicated under DDP) and commits."""
+        """Write checkpoint `step` atomically. Every rank calls this: `write(dir)` writes the model and optimizer
+        in the strategy's format (collective for sharded strategies), `rank_state` is this rank's RNG and data
+        position; rank 0 writes trainer_state.json (with `meta`: strategy, format, world size) and commits."""
         barrier = barrier or (lambda: None)
         final = self.step_dir(step)
         tmp = self.root / f".tmp_{final.name}"
@@ -102,12 +105,11 @@ class CheckpointManager:
             tmp.mkdir(parents=True)
         barrier()
         torch.save(rank_state, tmp / f"rank_{rank:05d}.pt")
+        write(tmp)
         barrier()
         if rank == 0:
-            save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors")
-            torch.save(optimizer_state, tmp / "optimizer.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(
-                {"train_state": asdict(train_state), "identity": identity}, indent=1, default=str))
+                {"train_state": asdict(train_state), "identity": identity, **(meta or {})}, indent=1, default=str))
             (tmp / COMPLETE).write_text("ok\n")
             _fsync_dir(tmp)
             if final.exists():
@@ -124,16 +126,22 @@ class CheckpointManager:
         barrier()
         return final
 
-    def load(self, path: Path, rank: int = 0) -> dict[str, Any]:
-        """Everything of a checkpoint directory for `rank`."""
+    @staticmethod
+    def meta(path: Path) -> dict[str, Any]:
+        """trainer_state.json of a checkpoint: train_state (a TrainState), identity, strategy, format, world_size."""
         meta = json.loads((path / "trainer_state.json").read_text())
-        return {
-            "model": load_file(path / "model.safetensors"),
-            "optimizer": torch.load(path / "optimizer.pt", weights_only=False),
-            "train_state": TrainState(**meta["train_state"]),
-            "identity": meta["identity"],
-            "rank": torch.load(path / f"rank_{rank:05d}.pt", weights_only=False),
-        }
+        meta["train_state"] = TrainState(**meta["train_state"])
+        return meta
+
+    @staticmethod
+    def rank_states(path: Path) -> list[dict[str, Any]]:
+        """Every rank's saved state (RNG, data position), in rank order."""
+        files = sorted(path.glob("rank_*.pt"))
+        return [torch.load(f, weights_only=False) for f in files]
+
+    @staticmethod
+    def rank_state(path: Path, rank: int) -> dict[str, Any]:
+        return torch.load(path / f"rank_{rank:05d}.pt", weights_only=False)
 
 
 def _fsync_dir(path: Path) -> None:

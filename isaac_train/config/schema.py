@@ -101,9 +101,12 @@ class PeftConfig:
 
 @dataclass
 class StrategyConfig:
-    """How the model is spread over processes (the distributed issue fills fsdp/zero*)."""
+    """How the model is spread over processes: single | ddp | fsdp | zero1 | zero2 | zero3."""
 
     name: str = "single"
+    timeout_s: int = 1800  # a collective that waits longer fails with an error naming it instead of hanging
+    reshard_after_forward: bool = True  # fsdp: free gathered weights after each block's forward (less memory)
+    zero: dict[str, Any] = field(default_factory=dict)  # zero*: extra DeepSpeed zero_optimization keys
 
 
 @dataclass
@@ -190,6 +193,14 @@ def validate(cfg: Config) -> None:
     _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     _check(cfg.strategy.name in STRATEGIES, "strategy", f"{cfg.strategy.name!r}; choose one of {STRATEGIES}")
+    _check(cfg.strategy.timeout_s > 0, "strategy.timeout_s", "must be > 0 seconds")
+    _check(not cfg.strategy.zero or cfg.strategy.name.startswith("zero"), "strategy.zero",
+           f"DeepSpeed settings given but strategy={cfg.strategy.name}; use strategy=zero1|zero2|zero3 or drop them")
+    if cfg.strategy.name.startswith("zero"):
+        from ..distributed.zero import check_zero_options
+
+        problem = check_zero_options(dict(cfg.strategy.zero))
+        _check(problem is None, "strategy.zero", str(problem))
     _check(cfg.logging.wandb in ("disabled", "offline", "online"), "logging.wandb",
            "choose disabled, offline or online")
     _check(bool(cfg.run.output_dir), "run.output_dir", "must be set")

@@ -279,3 +279,30 @@ class PackedLoader:
             )
         self.consumed = state["consumed"]
         self.states = [ReaderState(**s) if s is not None else None for s in state["readers"]]
+
+
+def reshard_loader_state(saved: list[dict[str, Any]], rank: int, world_size: int, num_workers: int) -> dict[str, Any]:
+    """This rank's loader state, made from the states of every rank of a run with another world size.
+
+    Exact when the total number of readers (processes x workers) is the same and every reader has produced the
+    same number of batches (true at a step boundary when each step takes one batch from every reader, e.g.
+    2 processes x 1 worker x grad_accum 1 -> 1 process x 2 workers x grad_accum 2)."""
+    saved = sorted(saved, key=lambda s: s["rank"])
+    old_world, old_slots = saved[0]["world_size"], saved[0]["num_workers"]
+    slots = max(num_workers, 1)
+    if [s["rank"] for s in saved] != list(range(old_world)):
+        raise ValueError(f"the checkpoint holds data states of ranks {[s['rank'] for s in saved]}, expected "
+                         f"0..{old_world - 1}: it is incomplete")
+    if old_world * old_slots != world_size * slots:
+        raise ValueError(
+            f"cannot resume the data loader exactly: the checkpoint read with {old_world} processes x {old_slots} "
+            f"workers = {old_world * old_slots} readers, this run has {world_size} x {slots} = {world_size * slots}. "
+            "Choose data.num_workers so that processes x workers is the same (and train.grad_accum so that processes "
+            "x grad_accum is the same), or start a new run directory.")
+    if any(s["consumed"] % old_slots for s in saved) or len({s["consumed"] for s in saved}) != 1:
+        raise ValueError("cannot move the data loader to another world size: the checkpoint's readers are not all "
+                         "at the same batch (consumed: " + ", ".join(str(s["consumed"]) for s in saved) + ")")
+    per_reader = saved[0]["consumed"] // old_slots
+    readers = [r for s in saved for r in s["readers"]]
+    return {"fingerprint": saved[0]["fingerprint"], "world_size": world_size, "rank": rank, "num_workers": slots,
+            "consumed": per_reader * slots, "readers": readers[rank * slots:(rank + 1) * slots]}

@@ -54,6 +54,8 @@ class DistEnv:
 
 def init_distributed(strategy: str, timeout_s: int = 1800) -> DistEnv:
     """Start the process group from torchrun's environment; refuse a strategy that does not fit it."""
+    if strategy.startswith("zero"):
+        import deepspeed  # noqa: F401  heavy imports before the process group starts (platform_notes.md)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -62,6 +64,10 @@ def init_distributed(strategy: str, timeout_s: int = 1800) -> DistEnv:
     if world > 1 and strategy == "single":
         raise ValueError(f"strategy=single but torchrun started {world} processes; use strategy=ddp")
     if world == 1:
+        if strategy in ("fsdp", "zero1", "zero2", "zero3") and not dist.is_initialized():
+            # FSDP2 and DeepSpeed want a process group even for one process: a private one-rank group
+            dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=timedelta(seconds=timeout_s))
         return DistEnv(device=device)
     if cuda:
         torch.cuda.set_device(device)
@@ -74,6 +80,8 @@ def init_distributed(strategy: str, timeout_s: int = 1800) -> DistEnv:
 def shutdown_and_exit(env: DistEnv, code: int) -> None:
     """End a torchrun rank cleanly (see the module docstring); returns only when not distributed."""
     if not env.distributed:
+        if dist.is_initialized():  # the one-rank group of fsdp / zero* in a single process
+            dist.destroy_process_group()
         return
     dist.barrier()
     dist.destroy_process_group()

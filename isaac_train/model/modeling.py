@@ -139,17 +139,23 @@ class IsaacModel(IsaacPreTrainedModel):
         return self.config.vision_config.pixel_shuffle_scale_factor
 
     def embed(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_grid_hw: torch.Tensor | None
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_grid_hw: torch.Tensor | None,
+        keep_vision_graph: bool = False,
     ) -> torch.Tensor:
-        """Token embeddings with each image's projected features written over its placeholder tokens."""
+        """Token embeddings with each image's projected features written over its placeholder tokens.
+
+        keep_vision_graph: with no image, still run the vision tower on one blank merge x merge image and add 0x its
+        features, so that every process runs the same modules and every vision parameter gets a (zero) gradient."""
         image_mask = input_ids == self.config.image_token_id
         embeds = self.embed_tokens(input_ids.masked_fill(image_mask, 0))
-        if pixel_values is None:
+        if pixel_values is None or pixel_values.shape[0] == 0:
             if image_mask.any():
                 raise ValueError(
                     f"input_ids hold {int(image_mask.sum())} image tokens (id {self.config.image_token_id}) but no "
                     "pixel_values were given"
                 )
+            if keep_vision_graph:
+                embeds = embeds + 0.0 * self.blank_image_features().to(embeds.dtype).sum()
             return embeds
         if image_grid_hw is None:
             raise ValueError("pixel_values need image_grid_hw (the (H, W) patch grid of each image)")
@@ -161,6 +167,13 @@ class IsaacModel(IsaacPreTrainedModel):
                 "placeholders per image"
             )
         return embeds.masked_scatter(image_mask[..., None], features)
+
+    def blank_image_features(self) -> torch.Tensor:
+        """Vision features of one all-zero image of merge x merge patches (one decoder token)."""
+        tower = self.vision_embedding[0].embeddings.patch_embedding
+        patches = torch.zeros(self.merge * self.merge, tower.in_features, device=tower.weight.device)
+        grids = torch.tensor([[self.merge, self.merge]], device=tower.weight.device)
+        return self.vision_embedding(patches, grids)
 
     def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed a TensorStream (text and images) and return (inputs_embeds, position_ids) for it.
@@ -206,6 +219,7 @@ class IsaacModel(IsaacPreTrainedModel):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         rope_deltas: torch.Tensor | None = None,
+        keep_vision_graph: bool = False,
         **_: object,
     ) -> IsaacModelOutput:
         """Run the decoder; see the module docstring for the inputs."""
@@ -217,7 +231,7 @@ class IsaacModel(IsaacPreTrainedModel):
         elif inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids, inputs_embeds or tensor_stream")
-            inputs_embeds = self.embed(input_ids, pixel_values, image_grid_hw)
+            inputs_embeds = self.embed(input_ids, pixel_values, image_grid_hw, keep_vision_graph)
         b, t = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         if use_cache and cache is None:
@@ -309,6 +323,7 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
         rope_deltas: torch.Tensor | None = None,
         logits_to_keep: int = 0,
         return_logits: bool | None = None,
+        keep_vision_graph: bool = False,
         **kwargs: object,
     ) -> IsaacCausalLMOutput:
         """Logits and/or the loss. With `labels` (aligned with the inputs, -100 = no loss) the loss is the sum of
@@ -319,7 +334,7 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             pixel_values=pixel_values, image_grid_hw=image_grid_hw, cu_seqlens=cu_seqlens,
             tensor_stream=tensor_stream, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
-            rope_deltas=rope_deltas,
+            rope_deltas=rope_deltas, keep_vision_graph=keep_vision_graph,
         )
         hidden = out.last_hidden_state
         loss = loss_sum = count = None

@@ -44,6 +44,45 @@ def build_model(cfg: Config, config: IsaacConfig) -> IsaacForConditionalGenerati
     return model
 
 
+def model_factory(cfg: Config, config: IsaacConfig):
+    """`make(device)` -> the model to train, with what trains set, LoRA applied, activation checkpointing and
+    compile switched on. `device="meta"` or `weights=False` build the structure only (no weights read, nothing
+    initialised): sharded strategies fill it from rank 0 or a checkpoint."""
+
+    def make(device: torch.device | str, weights: bool = True) -> nn.Module:
+        if str(device) == "meta":
+            with torch.device("meta"):
+                model = IsaacForConditionalGeneration(config)
+            model.config.attn_backend = cfg.model.attn_backend
+        elif not weights:  # structure only, not initialised (DeepSpeed zero.Init fills it from rank 0)
+            from transformers.initialization import no_init_weights
+
+            with no_init_weights():
+                model = IsaacForConditionalGeneration(config)
+            model.config.attn_backend = cfg.model.attn_backend
+        else:
+            model = build_model(cfg, config)
+        set_trainable(model, cfg)
+        if cfg.peft.kind == "lora":
+            model = apply_lora(model, cfg)
+        isaac = isaac_of(model)
+        if cfg.model.activation_checkpointing:
+            isaac.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.model.compile:
+            compile_blocks(isaac)
+        if str(device) != "meta":
+            model.to(device)
+        return model
+
+    return make
+
+
+def count_parameters(model: nn.Module, trainable: bool = False) -> int:
+    """Parameters of the whole model, also when sharded (FSDP DTensors report their global size; DeepSpeed
+    ZeRO-3 partitions carry `ds_numel`)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if p.requires_grad or not trainable)
+
+
 def vision_tower(model: nn.Module) -> nn.Module:
     return isaac_of(model).model.vision_embedding[0]
 

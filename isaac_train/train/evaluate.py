@@ -48,17 +48,19 @@ def eval_conversations(shards: Any, n: int) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def answer(model, processor: IsaacProcessor, messages: list[dict], images: list[bytes], device: torch.device,
-           max_new_tokens: int = 48) -> str:
-    """Greedy answer of the model to a conversation (rendered with the generation prompt)."""
+           max_new_tokens: int = 48, synced: bool = False) -> str:
+    """Greedy answer of the model to a conversation (rendered with the generation prompt). `synced`: the weights
+    are sharded and every rank generates along; ranks that finish early keep stepping until all are done."""
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     batch = processor(text=prompt, images=images)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
                          eos_token_id=processor.tokenizer.eos_token_id, pad_token_id=processor.tokenizer.pad_token_id)
     return processor.post_process_image_text_to_text(out[:, batch["input_ids"].shape[1]:])[0].strip()
 
 
-def generate_samples(model, processor: IsaacProcessor, shards: Any, n: int, device: torch.device) -> list[dict]:
+def generate_samples(model, processor: IsaacProcessor, shards: Any, n: int, device: torch.device,
+                     synced: bool = False) -> list[dict]:
     """Rows (question, expected, generated, image) for the first `n` eval conversations."""
     was_training = model.training
     model.eval()
@@ -69,6 +71,7 @@ def generate_samples(model, processor: IsaacProcessor, shards: Any, n: int, devi
             i.get("text", "") for i in last if i.get("type") == "text")
         image = PIL.Image.open(io.BytesIO(conv["images"][0])).convert("RGB") if conv["images"] else None
         rows.append({"key": conv["key"], "question": question, "expected": conv["expected"],
-                     "generated": answer(model, processor, conv["messages"], conv["images"], device), "image": image})
+                     "generated": answer(model, processor, conv["messages"], conv["images"], device, synced=synced),
+                     "image": image})
     model.train(was_training)
     return rows

@@ -22,11 +22,12 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint.manager import CheckpointManager, TrainState, rng_state, set_rng_state
 from ..config.schema import Config
+from ..data.loader import reshard_loader_state
 from ..distributed.setup import init_distributed
+from ..distributed.strategy import Strategy, make_strategy
 from ..metrics.flops import device_peak_flops, model_parts, step_flops
 from ..metrics.logger import MetricsLogger
 from . import build
@@ -65,14 +66,15 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def identity(cfg: Config) -> dict[str, Any]:
-    """What a resumed run must share with the checkpoint (the model and the data it sees)."""
+def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
+    """What a resumed run must share with the checkpoint (the model, the data it sees, the global batch: the
+    number of processes may change when processes x grad_accum stays the same)."""
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items()
              if k not in ("attn_backend", "activation_checkpointing", "compile")}
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("num_workers", "max_error_rate")}
     return json.loads(json.dumps({"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data,
                                   "seq_len": cfg.train.seq_len, "seed": cfg.train.seed,
-                                  "grad_accum": cfg.train.grad_accum}, default=str))
+                                  "micro_batches_per_step": cfg.train.grad_accum * world_size}, default=str))
 
 
 def check_identity(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -91,15 +93,6 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], where: Path) 
         )
 
 
-def autocast(cfg: Config, device: torch.device):
-    if cfg.train.precision == "bf16":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if device.type == "cpu":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def prepare_data(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """Shard specs for training/eval; with data.demo, make the synthetic demo data on first use."""
     d = cfg.data
@@ -112,27 +105,11 @@ def prepare_data(cfg: Config, run_dir: Path) -> dict[str, Any]:
     return {"train": info["train_dir"], "weights": None, "eval": info["eval_dir"], "answers": info["eval_answers"]}
 
 
-def accumulate(model: torch.nn.Module, micro_batches: list, global_label_tokens: int, cfg: Config,
-               device: torch.device) -> tuple[float, int]:
-    """Forward/backward every micro-batch with loss = sum over its label tokens / the global count.
-    Returns (sum of token losses, label tokens) of this rank."""
-    loss_sum, count = 0.0, 0
-    for batch in micro_batches:
-        with autocast(cfg, device):
-            out = model(**batch.to(device).model_inputs(), return_logits=False)
-        (out.loss_sum / global_label_tokens).backward()
-        loss_sum += float(out.loss_sum.detach())
-        count += int(out.num_label_tokens)
-    return loss_sum, count
-
-
 def train(cfg: Config) -> TrainResult:
     """Run (or resume) a training run as configured; returns its final state and where things were written."""
     run_dir = Path(cfg.run.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.strategy.name not in ("single", "ddp"):
-        raise NotImplementedError(f"strategy={cfg.strategy.name} is not available in this build; use single or ddp")
-    env = init_distributed(cfg.strategy.name)
+    env = init_distributed(cfg.strategy.name, cfg.strategy.timeout_s)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(levelname)s %(name)s: %(message)s")
     device = env.device
     torch.manual_seed(cfg.train.seed)
@@ -145,56 +122,35 @@ def train(cfg: Config) -> TrainResult:
     data = prepare_data(cfg, run_dir)
     if env.is_main:
         env.barrier()
-    model = build.build_model(cfg, model_config)
-    build.set_trainable(model, cfg)
-    if cfg.peft.kind == "lora":
-        model = build.apply_lora(model, cfg)
-    isaac = build.isaac_of(model)
-    if cfg.model.activation_checkpointing:
-        isaac.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.model.compile:
-        build.compile_blocks(isaac)
-    model.to(device)
-    optimizer = build.build_optimizer(model, cfg)
-    scheduler = build.build_scheduler(optimizer, cfg)
+    strategy = make_strategy(cfg.strategy.name, env, cfg.train.precision, cfg.strategy)
+    if hasattr(strategy, "configure"):
+        strategy.configure(cfg.train.grad_accum, cfg.train.clip_grad_norm)
+    strategy.setup(build.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
+                   lambda o: build.build_scheduler(o, cfg))
+    isaac = build.isaac_of(strategy.model)
     loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True, rank=env.rank,
                                 world_size=env.world_size)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_last)
     state = TrainState()
-    ident = identity(cfg)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ident = identity(cfg, env.world_size)
+    trainable = build.count_parameters(strategy.model, trainable=True)
 
     # ---- resume ----
     latest = ckpt.latest() if cfg.run.resume else None
     if latest is not None:
-        saved = ckpt.load(latest, rank=env.rank)
-        check_identity(saved["identity"], ident, latest)
-        missing, unexpected = model.load_state_dict(saved["model"], strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {latest} does not fit the model: missing {missing[:5]}, unexpected "
-                             f"{unexpected[:5]}")
-        optimizer.load_state_dict(saved["optimizer"]["optimizer"])
-        scheduler.load_state_dict(saved["optimizer"]["scheduler"])
-        loader.load_state_dict(saved["rank"]["data"])
-        set_rng_state(saved["rank"]["rng"])
-        state = saved["train_state"]
+        state = _resume(latest, ckpt, strategy, loader, ident, cfg, env)
         logger.info("resumed from %s at step %d", latest, state.step)
-    if env.is_main:
-        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
-    plain = model
-    if latest is None:
+    else:
         # Each rank its own random stream for dropout (the model itself was initialised identically everywhere).
         torch.manual_seed(cfg.train.seed + 7919 * env.rank)
-    if env.distributed:
-        # Ranks whose batch has no image leave the vision parameters without gradient: tell DDP.
-        vision_trains = any(p.requires_grad for n, p in model.named_parameters() if "vision_embedding" in n)
-        model = DistributedDataParallel(model, find_unused_parameters=vision_trains)
+    if env.is_main:
+        OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
     metrics_log = MetricsLogger(run_dir, OmegaConf.to_container(OmegaConf.structured(cfg)), rank=env.rank,
                                 total_steps=cfg.train.max_steps, start_step=state.step, wandb_mode=cfg.logging.wandb,
                                 project=cfg.logging.project, name=cfg.run.name, progress=cfg.logging.progress)
-    metrics_log.write(f"isaac-train: {cfg.recipe or 'custom'} on {device}, {trainable / 1e6:.2f}M trainable "
-                      f"parameters, run dir {run_dir}")
+    metrics_log.write(f"isaac-train: {cfg.recipe or 'custom'} on {device} x {env.world_size} ({strategy.name}), "
+                      f"{trainable / 1e6:.2f}M trainable parameters, run dir {run_dir}")
     parts, peak = model_parts(isaac), device_peak_flops(device)
     trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)
     stop = StopFlag()
@@ -203,20 +159,21 @@ def train(cfg: Config) -> TrainResult:
     window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0, "wait": loader.data_wait_s}
 
     # ---- the loop ----
-    model.train()
+    strategy.model.train()
     while state.step < cfg.train.max_steps:
         start = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.train.grad_accum)]
         label_tokens = int(env.sum(sum(b.num_label_tokens for b in micro)))
         if label_tokens == 0:
             raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
-        # DDP averages gradients over ranks: scale so that the result is the sum over the global label count.
-        loss_sum = env.sum(accumulate(model, micro, label_tokens / env.world_size, cfg, device)[0])
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in model.parameters() if p.requires_grad], cfg.train.clip_grad_norm or float("inf"))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses
+        # over the global label count.
+        loss_sum = 0.0
+        for batch in micro:
+            out = strategy.forward_backward(batch.to(device).model_inputs(), env.world_size / label_tokens)
+            loss_sum += float(out.loss_sum.detach())
+        loss_sum = env.sum(loss_sum)
+        grad_norm = strategy.step(cfg.train.clip_grad_norm)
         state.step += 1
         tokens = int(env.sum(sum(b.num_tokens for b in micro)))
         state.tokens += tokens
@@ -238,7 +195,7 @@ def train(cfg: Config) -> TrainResult:
                 for reason, n in counts.items():
                     skipped[reason] = skipped.get(reason, 0) + n
             last = {
-                "loss": loss_sum / label_tokens, "lr": scheduler.get_last_lr()[-1], "grad_norm": float(grad_norm),
+                "loss": loss_sum / label_tokens, "lr": strategy.lr(), "grad_norm": grad_norm,
                 "tokens_per_s": window["tokens"] / window["time"], "images_per_s": window["images"] / window["time"],
                 "packing_efficiency": window["fill"] / window["n"], "step_time_s": window["time"] / window["n"],
                 "data_wait_s": loader.data_wait_s - window["wait"], "tokens": state.tokens,
@@ -252,13 +209,13 @@ def train(cfg: Config) -> TrainResult:
                       "wait": loader.data_wait_s}
 
         if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
-                and env.is_main:
-            _evaluate(cfg, plain, isaac, processor, data, device, state.step, metrics_log)
-            model.train()
+                and (env.is_main or strategy.eval_on_all_ranks):
+            _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
+            strategy.model.train()
 
         final = state.step == cfg.train.max_steps
         if final or stop.signal or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
-            saved_at = _save(ckpt, plain, optimizer, scheduler, loader, state, ident, env)
+            saved_at = _save(ckpt, strategy, loader, state, ident, env)
         if stop.signal:
             metrics_log.write(f"signal {stop.signal}: checkpointed step {state.step} at {saved_at}; exiting with "
                               f"code {REQUEUE_EXIT_CODE} so the job can be requeued")
@@ -269,11 +226,13 @@ def train(cfg: Config) -> TrainResult:
     stop.restore()
     checkpoint = ckpt.latest()
     export_dir = None
-    if cfg.run.export and env.is_main:
-        from ..checkpoint.export import export_hf
+    if cfg.run.export:
+        full = strategy.full_model()  # every rank: sharded strategies gather onto rank 0
+        if env.is_main:
+            from ..checkpoint.export import export_hf
 
-        export_dir = export_hf(plain, processor, run_dir / "hf")
-        metrics_log.write(f"exported a Hugging Face directory to {export_dir}")
+            export_dir = export_hf(full, processor, run_dir / "hf")
+            metrics_log.write(f"exported a Hugging Face directory to {export_dir}")
     skipped = loader.skip_counts()
     metrics_log.write(f"done: {state.step} steps, {state.tokens:,} tokens, {state.samples:,} samples; skipped "
                       f"{sum(skipped.values())} ({skipped or 'none'})")
@@ -282,21 +241,44 @@ def train(cfg: Config) -> TrainResult:
     return TrainResult(state, run_dir, checkpoint, export_dir, last, env=env)
 
 
-def _save(ckpt: CheckpointManager, model, optimizer, scheduler, loader, state: TrainState, ident, env) -> Path:
-    main = env.is_main
+def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, ident: dict[str, Any], cfg: Config,
+            env) -> TrainState:
+    """Load model, optimizer, schedule, data position and RNG from `latest`; returns the saved progress."""
+    meta = ckpt.meta(latest)
+    check_identity(meta["identity"], ident, latest)
+    strategy.load(latest, meta)
+    saved_world = meta.get("world_size", env.world_size)
+    state = meta["train_state"]
+    if saved_world == env.world_size:
+        rank_state = ckpt.rank_state(latest, env.rank)
+        loader.load_state_dict(rank_state["data"])
+        set_rng_state(rank_state["rng"])
+    else:
+        saved = [r["data"] for r in ckpt.rank_states(latest)]
+        loader.load_state_dict(reshard_loader_state(saved, env.rank, env.world_size, cfg.data.num_workers))
+        # RNG streams are per rank and cannot be mapped onto another world size: a fresh, deterministic one
+        torch.manual_seed(cfg.train.seed + 7919 * env.rank + 104729 * state.step)
+        logger.info("resumed %d-process checkpoint on %d processes", saved_world, env.world_size)
+    return state
+
+
+def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState, ident, env) -> Path:
     return ckpt.save(
-        state.step, model.state_dict() if main else None,
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()} if main else None,
-        state, ident, {"rng": rng_state(), "data": loader.state_dict()}, rank=env.rank, barrier=env.barrier,
+        state.step, strategy.save, state, ident, {"rng": rng_state(), "data": loader.state_dict()}, rank=env.rank,
+        barrier=env.barrier, meta={"strategy": strategy.name, "format": strategy.format, "world_size": env.world_size},
     )
 
 
-def _evaluate(cfg: Config, model, isaac, processor, data, device, step: int, metrics_log: MetricsLogger) -> None:
+def _evaluate(cfg: Config, strategy: Strategy, processor, data, device, step: int, metrics_log: MetricsLogger) -> None:
+    """Eval loss and a few generated answers (rank 0 logs; with sharded weights every rank computes along)."""
+    model = strategy.eval_model
+    isaac = build.isaac_of(model)
     model.eval()
     eval_loader = build.build_loader(cfg, processor, data["eval"], None, train=False)
-    with torch.no_grad(), autocast(cfg, device):
+    with torch.no_grad(), strategy.autocast():
         loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
-    rows = generate_samples(isaac, processor, data["eval"], cfg.train.eval_generate, device)
+    rows = generate_samples(isaac, processor, data["eval"], cfg.train.eval_generate, device,
+                            synced=strategy.eval_on_all_ranks)
     metrics_log.log(step, {"eval_loss": loss})
     metrics_log.table("eval_samples", rows, step)
     for row in rows[:2]:

@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 
 from isaac_train.checkpoint.manager import CheckpointManager
 from isaac_train.data.packing import build_batch, item_from_sample
+from isaac_train.distributed.setup import DistEnv
+from isaac_train.distributed.strategy import LocalStrategy
 from isaac_train.train.cli import compose_config
-from isaac_train.train.loop import REQUEUE_EXIT_CODE, accumulate, train
+from isaac_train.train.loop import REQUEUE_EXIT_CODE, train
 
 from ..data_helpers import chat_sample
 from .conftest import losses, run_cli, tiny_overrides
@@ -49,7 +51,8 @@ def _rows(processor, n_rows: int = 8):
 
 
 def test_gradient_accumulation_1x8_equals_4x2(tiny_model, tiny_processor):
-    cfg = compose_config(["model=tiny", "train.precision=fp32"])
+    strategy = LocalStrategy(DistEnv(), "fp32", "single")
+    strategy.model = tiny_model
     rows = _rows(tiny_processor)
     one = [build_batch(rows, 768, 486)]
     four = [build_batch(rows[i : i + 2], 768, 486) for i in range(0, 8, 2)]
@@ -59,7 +62,8 @@ def test_gradient_accumulation_1x8_equals_4x2(tiny_model, tiny_processor):
     for micro in (one, four):
         tiny_model.zero_grad()
         total = sum(b.num_label_tokens for b in micro)
-        accumulate(tiny_model, micro, total, cfg, torch.device("cpu"))
+        for batch in micro:
+            strategy.forward_backward(batch.model_inputs(), 1 / total)
         grads.append({n: p.grad.clone() for n, p in tiny_model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:

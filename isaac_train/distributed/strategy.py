@@ -1,0 +1,231 @@
+"""How the model is spread over processes: one seam, and the plain implementation (single process, DDP).
+
+The training loop sees only this interface, whichever `strategy=` runs:
+
+    strategy.setup(make_model, make_optimizer, make_scheduler)  build, wrap, shard
+    strategy.forward_backward(inputs, loss_scale) -> output      one micro-batch (autocast, backward)
+    strategy.step(max_norm) -> grad norm                         clip, optimizer step, schedule, zero grads
+    strategy.save(dir) / strategy.load(dir, meta)                every rank; the format is the strategy's
+    strategy.full_model() -> nn.Module | None                    an unsharded model on rank 0 (export)
+    strategy.eval_model, strategy.eval_on_all_ranks              what evaluation runs on, and where
+
+Checkpoint formats (named in trainer_state.json as `format`):
+    full       model.safetensors + optimizer.pt (optimizer state keyed by parameter name), rank 0 writes
+    dcp        dcp/ : torch.distributed.checkpoint shards of model + optimizer (any world size can load it)
+    deepspeed  deepspeed/ : DeepSpeed's own files (ZeRO partitions; the same world size resumes them)
+scheduler.pt (the learning-rate schedule) is written by rank 0 in every format.
+
+`make_model(device)` builds the model with what trains already set (LoRA applied); `device="meta"` asks for
+the structure only (sharded strategies fill the weights from rank 0 or a checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .setup import DistEnv
+
+ModelFactory = Callable[[torch.device | str], nn.Module]
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+SHARDED = ("fsdp", "zero1", "zero2", "zero3")
+
+
+class Strategy:
+    """Base: the loop-facing interface. Subclasses fill in setup / save / load / full_model."""
+
+    name = "base"
+    format = "full"
+
+    def __init__(self, env: DistEnv, precision: str) -> None:
+        self.env = env
+        self.precision = precision
+        self.model: nn.Module | None = None  # what the forward runs on (wrapped)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+
+    # ---- building --------------------------------------------------------------------------------------------
+
+    def setup(self, make_model: ModelFactory, make_optimizer: OptimizerFactory,
+              make_scheduler: SchedulerFactory) -> None:
+        raise NotImplementedError
+
+    @property
+    def eval_on_all_ranks(self) -> bool:
+        """True when the weights are sharded: every rank must take part in every forward (eval included)."""
+        return False
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.model
+
+    # ---- one step ----------------------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        device = self.env.device
+        if self.precision == "bf16":
+            if device.type == "cuda" and torch.cuda.is_bf16_supported():
+                return torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cpu":
+                return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def forward_backward(self, inputs: dict[str, Any], loss_scale: float) -> Any:
+        """Forward one micro-batch and backpropagate `loss_sum * loss_scale`. With more than one process every
+        rank runs the vision tower (a blank image when its batch has none), so all ranks run the same
+        collectives and every trainable parameter has a gradient."""
+        with self.autocast():
+            out = self.model(**inputs, return_logits=False, keep_vision_graph=self.env.distributed)
+        self.backward(out.loss_sum * loss_scale)
+        return out
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def step(self, max_norm: float | None) -> float:
+        """Clip to `max_norm` (None: only measure), step the optimizer and the schedule, clear gradients.
+        Returns the gradient norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable(), max_norm or float("inf"))
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+            norm = norm.full_tensor()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[-1]
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, directory: Path, meta: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def save_scheduler(self, directory: Path) -> None:
+        if self.env.is_main:
+            torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+
+    def load_scheduler(self, directory: Path) -> None:
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
+
+    def full_model(self) -> nn.Module | None:
+        """The whole model on rank 0 (None on the others); every rank must call it."""
+        raise NotImplementedError
+
+
+class LocalStrategy(Strategy):
+    """`single` (one process) and `ddp` (every rank holds the whole model; gradients all-reduced)."""
+
+    format = "full"
+
+    def __init__(self, env: DistEnv, precision: str, name: str) -> None:
+        super().__init__(env, precision)
+        self.name = name
+        self.plain: nn.Module | None = None
+
+    def setup(self, make_model, make_optimizer, make_scheduler) -> None:
+        self.plain = make_model(self.env.device)
+        self.optimizer = make_optimizer(self.plain)
+        self.scheduler = make_scheduler(self.optimizer)
+        if self.env.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # keep_vision_graph=True in forward_backward: every parameter takes part in every step
+            self.model = DistributedDataParallel(self.plain)
+        else:
+            self.model = self.plain
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.plain
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        if self.env.is_main:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.plain.state_dict().items()}
+            save_file(state, directory / "model.safetensors")
+            torch.save(get_optimizer_state_dict(self.plain, self.optimizer), directory / "optimizer.pt")
+        self.save_scheduler(directory)
+
+    def load(self, directory: Path, meta: dict[str, Any]) -> None:
+        fmt = meta.get("format", "full")
+        if fmt == "full":
+            model_state, optim_state = read_full_checkpoint(directory)
+            set_states(self.plain, self.optimizer, model_state, optim_state, directory)
+        elif fmt == "dcp":
+            load_dcp(self.plain, self.optimizer, directory)
+        else:
+            raise ValueError(unsupported_format(directory, fmt, self.name))
+        self.load_scheduler(directory)
+
+    def full_model(self) -> nn.Module | None:
+        return self.plain if self.env.is_main else None
+
+
+# ---- shared checkpoint helpers -----------------------------------------------------------------------------------
+
+
+def read_full_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    return load_file(directory / "model.safetensors"), torch.load(directory / "optimizer.pt", weights_only=False)
+
+
+def set_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict,
+               where: Path, full: bool = False) -> None:
+    """Load a model and an optimizer state keyed by parameter names (full tensors when `full`)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    options = StateDictOptions(full_state_dict=full, strict=True)
+    try:
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state, options=options)
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise ValueError(f"checkpoint {where} does not fit the model being trained (model.*, peft.* or what "
+                         f"trains changed?): {str(err)[:800]}") from err
+
+
+def load_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Load a `dcp` checkpoint into `model`/`optimizer` however they are sharded now (or not at all)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optimizer": optim_state}
+    dcp.load(state, checkpoint_id=str(directory / "dcp"))
+    set_states(model, optimizer, state["model"], state["optimizer"], directory)
+
+
+def unsupported_format(directory: Path, fmt: str, strategy: str) -> str:
+    hint = {"deepspeed": "resume it with the strategy that wrote it (zero1/zero2/zero3, same number of processes)"}
+    return (f"checkpoint {directory} is in the '{fmt}' format, which strategy={strategy} cannot resume: "
+            f"{hint.get(fmt, 'resume it with the strategy that wrote it')}, or export it to a Hugging Face directory")
+
+
+def make_strategy(name: str, env: DistEnv, precision: str, options: Any = None) -> Strategy:
+    """The Strategy for `strategy=name` (options: the StrategyConfig, for fsdp / zero settings)."""
+    if name in ("single", "ddp"):
+        return LocalStrategy(env, precision, name)
+    if name == "fsdp":
+        from .fsdp import FSDPStrategy
+
+        return FSDPStrategy(env, precision, options)
+    if name in ("zero1", "zero2", "zero3"):
+        from .zero import ZeroStrategy
+
+        return ZeroStrategy(env, precision, int(name[-1]), options)
+    raise ValueError(f"strategy={name!r}: choose single, ddp, fsdp, zero1, zero2 or zero3")

@@ -1,0 +1,174 @@
+"""`strategy=zero1|zero2|zero3`: DeepSpeed ZeRO behind the same seam.
+
+The DeepSpeed config is generated from our settings (`deepspeed_config`), checked before any process starts
+(`check_zero_options`), and never read from a separate JSON file: one source of truth. Weights stay fp32 (the
+master copy); `train.precision=bf16` runs the forward under autocast, as the other strategies do. The optimizer
+is our torch AdamW with its parameter groups (passing an object avoids DeepSpeed building FusedAdam). For stage 3
+the model is built inside `deepspeed.zero.Init`, so no rank ever holds more than its partition plus one module
+(weights from `model.pretrained` are loaded the same way, through transformers' ZeRO-3 loading path).
+Checkpoints are DeepSpeed's own files under `deepspeed/` (resume with the same number of processes);
+`full_model()` gathers the weights onto rank 0 for export.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .strategy import Strategy, unsupported_format
+
+TAG = "deepspeed"
+
+
+def deepspeed_config(stage: int, grad_accum: int, clip_grad_norm: float | None, world_size: int,
+                     zero_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The DeepSpeed config for our settings (strategy.zero holds extra zero_optimization keys)."""
+    zero = {"stage": stage, **(zero_options or {})}
+    return {
+        "train_micro_batch_size_per_gpu": 1,  # one packed micro-batch per forward; tokens vary, rows do not
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": float(clip_grad_norm or 0.0),
+        "zero_optimization": zero,
+        "bf16": {"enabled": False},  # fp32 master weights; bf16 compute comes from autocast in the loop
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def check_zero_options(zero_options: dict[str, Any]) -> str | None:
+    """None when `strategy.zero` holds valid zero_optimization keys, else the reason (DeepSpeed's validator)."""
+    try:
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    except ImportError:
+        return ("DeepSpeed is not installed: pip install 'isaac-train[deepspeed]' (or choose strategy=fsdp)")
+    if "stage" in zero_options:
+        return "the stage comes from the strategy name (zero1 / zero2 / zero3); remove strategy.zero.stage"
+    try:
+        DeepSpeedZeroConfig(**zero_options)
+    except Exception as err:  # pydantic's ValidationError names the bad key
+        return f"invalid zero_optimization settings {zero_options}: {str(err).splitlines()[0:4]}"
+    return None
+
+
+class ZeroStrategy(Strategy):
+    format = "deepspeed"
+
+    def __init__(self, env, precision: str, stage: int, options: Any = None) -> None:
+        super().__init__(env, precision)
+        self.stage = stage
+        self.name = f"zero{stage}"
+        self.options = options
+        self.engine = None
+        self.make_model = None
+        self.micro_steps = 0
+        self.grad_accum = 1
+        self._hf_config = None  # kept alive: transformers' ZeRO-3 loading looks it up while building
+
+    @property
+    def eval_on_all_ranks(self) -> bool:
+        return self.stage == 3 and self.env.world_size > 1
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.engine.module
+
+    def configure(self, grad_accum: int, clip_grad_norm: float | None) -> dict[str, Any]:
+        self.grad_accum = grad_accum
+        zero = dict(getattr(self.options, "zero", None) or {})
+        self.config = deepspeed_config(self.stage, grad_accum, clip_grad_norm, self.env.world_size, zero)
+        return self.config
+
+    def build_partitioned(self, make_model) -> nn.Module:
+        """Stage 3: every rank builds the model inside zero.Init (each parameter partitioned as it is created,
+        nothing initialised); rank 0 builds the real model on CPU (seeded init or `model.pretrained`) and its
+        weights are scattered into the partitions one parameter at a time."""
+        import deepspeed
+        import torch.distributed as dist
+        from transformers.integrations import HfDeepSpeedConfig
+
+        reference = make_model("cpu").state_dict() if self.env.is_main else None
+        # transformers sees ZeRO-3 through this object (generate() then keeps all ranks stepping together)
+        self._hf_config = HfDeepSpeedConfig(self.config)
+        with deepspeed.zero.Init(config_dict_or_path=self.config):
+            model = make_model("cpu", weights=False)
+        for name, param in model.named_parameters():
+            if hasattr(param, "ds_id"):
+                with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+                    if self.env.is_main:
+                        param.data.copy_(reference[name])
+            else:
+                if self.env.is_main:
+                    param.data.copy_(reference[name])
+                dist.broadcast(param.data, src=0)
+        del reference
+        return model
+
+    def setup(self, make_model, make_optimizer, make_scheduler) -> None:
+        import deepspeed
+
+        if self.config is None:
+            raise RuntimeError("ZeroStrategy.configure() must run before setup()")
+        self.make_model = make_model
+        deepspeed.init_distributed(dist_backend="nccl" if self.env.device.type == "cuda" else "gloo")  # our group
+        if self.stage == 3:
+            model = self.build_partitioned(make_model)
+        else:
+            model = make_model("cpu")
+        optimizer = make_optimizer(model)
+        self.scheduler = make_scheduler(optimizer)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                                  config=self.config)
+        self.model = self.engine
+
+    config: dict[str, Any] | None = None
+
+    def backward(self, loss) -> None:
+        self.engine.backward(loss, scale_wrt_gas=False)  # the loop already divides by the global label count
+        self.micro_steps += 1
+        if self.micro_steps % self.grad_accum:
+            self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
+
+    def step(self, max_norm: float | None) -> float:
+        self.engine.step()  # boundary: reduce, clip (gradient_clipping), update, zero gradients
+        self.scheduler.step()
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, directory: Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)
+        self.save_scheduler(directory)
+
+    def load(self, directory: Path, meta: dict[str, Any]) -> None:
+        fmt = meta.get("format")
+        if fmt != "deepspeed":
+            raise ValueError(unsupported_format(directory, fmt, self.name))
+        if meta.get("world_size") not in (None, self.env.world_size):
+            raise ValueError(
+                f"checkpoint {directory} was written by {meta['world_size']} processes with DeepSpeed; ZeRO "
+                f"partitions resume on the same number ({self.env.world_size} now). Start "
+                f"{meta['world_size']} processes, or export the checkpoint and start a new run from it.")
+        path, _ = self.engine.load_checkpoint(str(directory), tag=TAG, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise ValueError(f"DeepSpeed found no checkpoint under {directory / TAG}")
+        self.load_scheduler(directory)
+
+    def full_model(self) -> nn.Module | None:
+        module = self.engine.module
+        if self.stage < 3:
+            return module if self.env.is_main else None
+        import deepspeed
+
+        params = list(module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            state = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()} if self.env.is_main else None
+        if not self.env.is_main:
+            return None
+        self._hf_config = None
+        model = self.make_model("meta")
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
