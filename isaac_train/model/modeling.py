@@ -155,7 +155,7 @@ class IsaacModel(IsaacPreTrainedModel):
                     "pixel_values were given"
                 )
             if keep_vision_graph:
-                embeds = embeds + 0.0 * self.blank_image_features().to(embeds.dtype).sum()
+                embeds = embeds + 0.0 * self.blank_image_features(embeds.device).to(embeds.dtype).sum()
             return embeds
         if image_grid_hw is None:
             raise ValueError("pixel_values need image_grid_hw (the (H, W) patch grid of each image)")
@@ -168,11 +168,12 @@ class IsaacModel(IsaacPreTrainedModel):
             )
         return embeds.masked_scatter(image_mask[..., None], features)
 
-    def blank_image_features(self) -> torch.Tensor:
-        """Vision features of one all-zero image of merge x merge patches (one decoder token)."""
-        tower = self.vision_embedding[0].embeddings.patch_embedding
-        patches = torch.zeros(self.merge * self.merge, tower.in_features, device=tower.weight.device)
-        grids = torch.tensor([[self.merge, self.merge]], device=tower.weight.device)
+    def blank_image_features(self, device: torch.device) -> torch.Tensor:
+        """Vision features of one all-zero image of merge x merge patches (one decoder token). Sizes come from the
+        config, not from the weights: sharded strategies must not see parameters touched outside a forward."""
+        vc = self.config.vision_config
+        patches = torch.zeros(self.merge * self.merge, vc.num_channels * vc.patch_size**2, device=device)
+        grids = torch.tensor([[self.merge, self.merge]], device=device)
         return self.vision_embedding(patches, grids)
 
     def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
