@@ -45,4 +45,4 @@ def test_two_processes_match_one(train_shards, tmp_path, single_losses, strategy
     assert expected.keys() == got.keys() == set(range(1, STEPS + 1))
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-5, (strategy, mode, step, expected[step], got[step])
-    assert got[STEPS] < got[1] - 0.5, "the run must actually train"
+    assert got[STEPS] < got[1] - 0.2, "the run must actually train"
