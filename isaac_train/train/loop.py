@@ -71,7 +71,8 @@ def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     number of processes may change when processes x grad_accum stays the same)."""
     model = {k: v for k, v in dataclasses.asdict(cfg.model).items()
              if k not in ("attn_backend", "activation_checkpointing", "compile")}
-    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("num_workers", "max_error_rate")}
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items()
+            if k not in ("num_workers", "max_error_rate", "eval_shards")}  # eval data may change between runs
     return json.loads(json.dumps({"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data,
                                   "seq_len": cfg.train.seq_len, "seed": cfg.train.seed,
                                   "micro_batches_per_step": cfg.train.grad_accum * world_size}, default=str))

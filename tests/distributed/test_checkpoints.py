@@ -17,8 +17,12 @@ STEPS, SAVE_AT = 12, 6
 
 def _straight(train_shards, tmp_path_factory, strategy: str):
     out = tmp_path_factory.mktemp(f"straight_{strategy}")
+    # evaluation (loss and generated answers) runs on every rank when weights are sharded
     run_train(two_rank_overrides(train_shards, out, strategy, f"train.max_steps={STEPS}", f"train.save_every={SAVE_AT}",
-                                 "train.keep_last=5"), nproc=2)
+                                 "train.keep_last=5", f"data.eval_shards={train_shards}", f"train.eval_every={SAVE_AT}",
+                                 "train.eval_batches=2", "train.eval_generate=1"), nproc=2)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_loss" in r] == [SAVE_AT, STEPS]
     meta = json.loads((out / "checkpoints" / f"step_{SAVE_AT:07d}" / "trainer_state.json").read_text())
     return out, losses(out), meta
 

@@ -7,6 +7,8 @@ One process with 2 loader workers and grad_accum=2 reads exactly what 2 ranks wi
 from __future__ import annotations
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from ..train.conftest import losses
 from .helpers import run_train, single_overrides, two_rank_overrides
@@ -21,14 +23,14 @@ MODES = {"full": [], "lora": LORA}
 
 @pytest.fixture(scope="module")
 def single_losses(train_shards, tmp_path_factory):
-    """Losses of the one-process runs, per mode (computed once for all strategies)."""
-    cache: dict[str, dict[int, float]] = {}
+    """Losses and exported weights of the one-process runs, per mode (computed once for all strategies)."""
+    cache: dict[str, tuple[dict[int, float], dict[str, torch.Tensor]]] = {}
 
-    def get(mode: str) -> dict[int, float]:
+    def get(mode: str) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
         if mode not in cache:
             out = tmp_path_factory.mktemp(f"single_{mode}")
-            run_train(single_overrides(train_shards, out, f"train.max_steps={STEPS}", *MODES[mode]))
-            cache[mode] = losses(out)
+            run_train(single_overrides(train_shards, out, f"train.max_steps={STEPS}", "run.export=true", *MODES[mode]))
+            cache[mode] = losses(out), load_file(out / "hf" / "model.safetensors")
         return cache[mode]
 
     return get
@@ -39,10 +41,15 @@ def single_losses(train_shards, tmp_path_factory):
 def test_two_processes_match_one(train_shards, tmp_path, single_losses, strategy, mode):
     if strategy.startswith("zero"):
         pytest.importorskip("deepspeed")
-    run_train(two_rank_overrides(train_shards, tmp_path, strategy, f"train.max_steps={STEPS}", *MODES[mode]),
-              nproc=2)
-    expected, got = single_losses(mode), losses(tmp_path)
+    run_train(two_rank_overrides(train_shards, tmp_path, strategy, f"train.max_steps={STEPS}", "run.export=true",
+                                 *MODES[mode]), nproc=2)
+    (expected, expected_weights), got = single_losses(mode), losses(tmp_path)
     assert expected.keys() == got.keys() == set(range(1, STEPS + 1))
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-5, (strategy, mode, step, expected[step], got[step])
     assert got[STEPS] < got[1] - 0.2, "the run must actually train"
+    # the export gathers the sharded weights (and merges LoRA) into the same model the single process exports
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    assert weights.keys() == expected_weights.keys()
+    for name, tensor in expected_weights.items():
+        torch.testing.assert_close(weights[name], tensor, atol=1e-4, rtol=0, msg=f"{strategy} {mode} {name}")
