@@ -65,7 +65,10 @@ def init_distributed(strategy: str, timeout_s: int = 1800) -> DistEnv:
         raise ValueError(f"strategy=single but torchrun started {world} processes; use strategy=ddp")
     if world == 1:
         if strategy in ("fsdp", "zero1", "zero2", "zero3") and not dist.is_initialized():
-            # FSDP2 and DeepSpeed want a process group even for one process: a private one-rank group
+            # FSDP2 and DeepSpeed want a process group even for one process: a private one-rank group (and
+            # DeepSpeed reads torchrun's variables)
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+                os.environ.setdefault(key, value)
             dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1,
                                     timeout=timedelta(seconds=timeout_s))
         return DistEnv(device=device)

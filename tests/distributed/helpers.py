@@ -30,15 +30,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "TORCH_EXTENSIONS_DIR": str(EXTENSIONS)}
 
 
-def run_train(overrides: list[str], nproc: int = 0, timeout: float = 540) -> subprocess.CompletedProcess:
-    """`python -m isaac_train.train` (nproc=0) or under torchrun with `nproc` processes."""
+def run_train(overrides: list[str], nproc: int = 0, timeout: float = 540, check: bool = True
+              ) -> subprocess.CompletedProcess:
+    """`python -m isaac_train.train` (nproc=0) or under torchrun with `nproc` processes; `check`: must exit 0."""
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", "-m", "isaac_train.train", *overrides]
     else:
         cmd = [sys.executable, "-m", "isaac_train.train", *overrides]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-5000:]}"
+    assert out.returncode == 0 or not check, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-5000:]}"
     return out
 
 

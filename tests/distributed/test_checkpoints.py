@@ -64,9 +64,14 @@ def test_fsdp_checkpoint_resumes_on_one_process(train_shards, tmp_path, fsdp_run
         assert abs(got[step] - straight[step]) < 1e-5, (step, got[step], straight[step])
 
 
-def test_zero3_checkpoint_resumes_on_two_processes(train_shards, tmp_path, tmp_path_factory):
+@pytest.fixture(scope="module")
+def zero3_run(train_shards, tmp_path_factory):
     pytest.importorskip("deepspeed")
-    out, straight, meta = _straight(train_shards, tmp_path_factory, "zero3")
+    return _straight(train_shards, tmp_path_factory, "zero3")
+
+
+def test_zero3_checkpoint_resumes_on_two_processes(train_shards, tmp_path, zero3_run):
+    out, straight, meta = zero3_run
     assert meta["format"] == "deepspeed" and meta["world_size"] == 2
     assert (out / "checkpoints" / f"step_{SAVE_AT:07d}" / "deepspeed").is_dir()
     resumed = keep_only_checkpoint(out, SAVE_AT, tmp_path / "resumed")
@@ -76,6 +81,20 @@ def test_zero3_checkpoint_resumes_on_two_processes(train_shards, tmp_path, tmp_p
     assert set(got) == set(range(SAVE_AT + 1, STEPS + 1))
     for step in got:
         assert got[step] == straight[step], (step, got[step], straight[step])
+
+
+@pytest.mark.parametrize(("strategy", "message"), [
+    ("zero3", "written by 2 processes with DeepSpeed"),
+    ("fsdp", "in the 'deepspeed' format, which strategy=fsdp cannot resume"),
+])
+def test_deepspeed_checkpoint_elsewhere_is_refused_with_the_reason(train_shards, tmp_path, zero3_run, strategy,
+                                                                   message):
+    out, _, _ = zero3_run
+    resumed = keep_only_checkpoint(out, SAVE_AT, tmp_path / "resumed")
+    run = run_train(single_overrides(train_shards, resumed, f"strategy={strategy}", f"train.max_steps={STEPS}"),
+                    check=False)
+    assert run.returncode != 0
+    assert message in run.stderr, run.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -53,3 +53,14 @@ def test_two_processes_match_one(train_shards, tmp_path, single_losses, strategy
     assert weights.keys() == expected_weights.keys()
     for name, tensor in expected_weights.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-4, rtol=0, msg=f"{strategy} {mode} {name}")
+
+
+def test_fsdp_bf16_mixed_precision_trains_like_autocast(train_shards, tmp_path):
+    """bf16 weights in compute with fp32 gradient reduction: close to one process under bf16 autocast."""
+    bf16 = ["train.precision=bf16", "train.max_steps=4"]
+    run_train(single_overrides(train_shards, tmp_path / "single", *bf16))
+    run_train(two_rank_overrides(train_shards, tmp_path / "fsdp", "fsdp", *bf16), nproc=2)
+    expected, got = losses(tmp_path / "single"), losses(tmp_path / "fsdp")
+    assert expected.keys() == got.keys() == {1, 2, 3, 4}
+    for step in expected:
+        assert abs(expected[step] - got[step]) < 1e-2, (step, expected[step], got[step])
