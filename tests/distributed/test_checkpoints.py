@@ -119,3 +119,17 @@ def test_rank_without_images_does_not_hang(split_shards, split_single, tmp_path,
     got = losses(tmp_path)
     for step, expected in split_single.items():
         assert abs(got[step] - expected) < 1e-5, (strategy, step, got[step], expected)
+
+
+def test_single_process_checkpoint_resumes_under_fsdp_on_two(train_shards, tmp_path):
+    """A workstation run continued on 2 processes with FSDP: 1 x 2 workers x grad_accum 2 -> 2 x 1 x 1."""
+    straight = tmp_path / "straight"
+    run_train(single_overrides(train_shards, straight, f"train.max_steps={STEPS}", f"train.save_every={SAVE_AT}",
+                               "train.keep_last=5"))
+    resumed = keep_only_checkpoint(straight, SAVE_AT, tmp_path / "resumed")
+    run_train(two_rank_overrides(train_shards, resumed, "fsdp", f"train.max_steps={STEPS}",
+                                 f"train.save_every={SAVE_AT}", "train.keep_last=5"), nproc=2)
+    expected, got = losses(straight), losses(resumed)
+    assert set(got) == set(range(SAVE_AT + 1, STEPS + 1))
+    for step in got:
+        assert abs(got[step] - expected[step]) < 1e-5, (step, got[step], expected[step])
