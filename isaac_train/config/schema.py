@@ -122,7 +122,9 @@ class LoggingConfig:
 class RunConfig:
     output_dir: str = "runs/demo"
     name: str | None = None
-    export: bool = True  # save a Hugging Face directory at the end (run.output_dir/hf)
+    export: bool = True  # save a verified Hugging Face directory at the end (run.output_dir/hf)
+    export_dtype: str = "auto"  # auto (the base checkpoint's; fp32 for built-in sizes) | fp32 | bf16
+    export_lora: str = "merge"  # merge (LoRA folded into the weights) | adapter (a PEFT adapter for the base)
     resume: bool = True  # continue from checkpoints/latest when it exists
 
 
@@ -177,7 +179,7 @@ def validate(cfg: Config) -> None:
     _check(d.pack_buffer >= 1 and d.rows_per_batch >= 1, "data.pack_buffer", "pack_buffer and rows_per_batch >= 1")
     _check(d.length_policy in ("truncate", "drop"), "data.length_policy", "choose truncate or drop")
     _check(0 <= d.max_error_rate <= 1, "data.max_error_rate", "must be within [0, 1]")
-    _check(t.max_steps > 0, "train.max_steps", "must be > 0")
+    _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: build, checkpoint and export without training)")
     _check(t.seq_len >= 64, "train.seq_len", "must be at least 64 tokens")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     _check(t.precision in PRECISIONS, "train.precision", f"choose one of {PRECISIONS}")
@@ -189,7 +191,7 @@ def validate(cfg: Config) -> None:
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     _check(o.lr > 0, "optim.lr", "must be > 0")
     _check(o.schedule in SCHEDULES, "optim.schedule", f"choose one of {SCHEDULES}")
-    _check(0 <= o.warmup_steps < t.max_steps, "optim.warmup_steps", "must be >= 0 and below train.max_steps")
+    _check(0 <= o.warmup_steps < max(t.max_steps, 1), "optim.warmup_steps", "must be >= 0 and below train.max_steps")
     _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
     _check(cfg.strategy.name in STRATEGIES, "strategy", f"{cfg.strategy.name!r}; choose one of {STRATEGIES}")
@@ -204,3 +206,7 @@ def validate(cfg: Config) -> None:
     _check(cfg.logging.wandb in ("disabled", "offline", "online"), "logging.wandb",
            "choose disabled, offline or online")
     _check(bool(cfg.run.output_dir), "run.output_dir", "must be set")
+    _check(cfg.run.export_dtype in ("auto", "fp32", "bf16"), "run.export_dtype", "choose auto, fp32 or bf16")
+    _check(cfg.run.export_lora in ("merge", "adapter"), "run.export_lora", "choose merge or adapter")
+    _check(cfg.run.export_lora != "adapter" or (p.kind == "lora" and m.pretrained is not None), "run.export_lora",
+           "adapter needs peft=lora and a base checkpoint (model.pretrained); use run.export_lora=merge")

@@ -225,15 +225,18 @@ def train(cfg: Config) -> TrainResult:
             return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True, env=env)
 
     stop.restore()
+    if ckpt.latest() is None:  # train.max_steps=0: the starting weights as a checkpoint (a conversion)
+        _save(ckpt, strategy, loader, state, ident, env)
     checkpoint = ckpt.latest()
     export_dir = None
     if cfg.run.export:
         full = strategy.full_model()  # every rank: sharded strategies gather onto rank 0
         if env.is_main:
-            from ..checkpoint.export import export_hf
+            from ..export import export_model
 
-            export_dir = export_hf(full, processor, run_dir / "hf")
-            metrics_log.write(f"exported a Hugging Face directory to {export_dir}")
+            export_dir = run_dir / "hf"
+            export_model(full, processor, export_dir, cfg=cfg, dtype=cfg.run.export_dtype, lora=cfg.run.export_lora,
+                         overwrite=True, log=metrics_log.write)
     skipped = loader.skip_counts()
     metrics_log.write(f"done: {state.step} steps, {state.tokens:,} tokens, {state.samples:,} samples; skipped "
                       f"{sum(skipped.values())} ({skipped or 'none'})")

@@ -1,0 +1,108 @@
+"""Read a training checkpoint of any strategy back into one process, whatever number of processes wrote it.
+
+    load_trained("/runs/a")                          # the run's latest checkpoint
+    load_trained("/runs/a/checkpoints/step_0001000")
+
+The run's `config.yaml` (next to `checkpoints/`) says how to rebuild the model (size or `model.pretrained`, what
+trained, LoRA); the checkpoint's `format` says how its weights are stored:
+    full       model.safetensors (single, ddp)
+    dcp        torch.distributed.checkpoint shards (fsdp), read without a process group
+    deepspeed  ZeRO partitions (zero1-3), consolidated to fp32 with DeepSpeed's zero_to_fp32
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from ..config.schema import Config, validate
+
+
+@dataclass
+class TrainedRun:
+    """A checkpoint loaded for export: the model as trained (peft-wrapped under LoRA, fp32, CPU)."""
+
+    cfg: Config
+    checkpoint: Path
+    meta: dict[str, Any]
+    model: nn.Module
+    processor: Any
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory, its checkpoints/ directory, `latest` or a step directory -> the step directory."""
+    path = Path(path)
+    for candidate in (path, path / "checkpoints"):
+        if (candidate / "latest").exists():
+            return (candidate / "latest").resolve()
+    if (path / "trainer_state.json").is_file() and (path / "COMPLETE").is_file():
+        return path.resolve()
+    if (path / "trainer_state.json").is_file():
+        raise ValueError(f"{path} is an incomplete checkpoint (no COMPLETE marker): the run stopped while writing it; "
+                         "export an earlier step")
+    raise FileNotFoundError(f"no checkpoint at {path}: give a run directory (run.output_dir), its checkpoints/ "
+                            "directory or a checkpoints/step_NNNNNNN directory")
+
+
+def run_config(checkpoint: Path) -> Config:
+    """The resolved training config saved with the run (run.output_dir/config.yaml)."""
+    file = checkpoint.parent.parent / "config.yaml"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: the checkpoint must sit in its run directory "
+                                "(run.output_dir/checkpoints/step_N) next to the config.yaml the trainer wrote")
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(file)))
+    validate(cfg)
+    return cfg
+
+
+def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
+    """Fill `model` (built on the meta device, structure as trained) with the checkpoint's weights, strictly."""
+    if fmt == "full":
+        from safetensors.torch import load_file
+
+        state = load_file(checkpoint / "model.safetensors")
+    elif fmt == "dcp":
+        import torch.distributed.checkpoint as dcp
+
+        model.to_empty(device="cpu")
+        state = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
+        dcp.load({"model": state}, checkpoint_id=str(checkpoint / "dcp"), no_dist=True)
+    elif fmt == "deepspeed":
+        try:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        except ImportError as err:
+            raise ImportError("this checkpoint was written by DeepSpeed: pip install 'isaac-train[deepspeed]' to "
+                              "read it") from err
+        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="deepspeed")
+    else:
+        raise ValueError(f"checkpoint {checkpoint} has an unknown format {fmt!r} (expected full, dcp or deepspeed)")
+    expected = set(model.state_dict())
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or extra:
+        raise ValueError(f"checkpoint {checkpoint} ({fmt}) does not match the run's model: missing {missing[:5]} "
+                         f"({len(missing)}), unexpected {extra[:5]} ({len(extra)})")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True,
+                          assign=True)
+
+
+def load_trained(path: str | Path) -> TrainedRun:
+    """The checkpoint at `path` (see resolve_checkpoint) as a model in this process."""
+    from ..train import build
+
+    checkpoint = resolve_checkpoint(path)
+    meta = json.loads((checkpoint / "trainer_state.json").read_text())
+    cfg = run_config(checkpoint)
+    # the structure as trained, without the training-only switches
+    cfg.model = dataclasses.replace(cfg.model, compile=False, activation_checkpointing=False)
+    model_config = build.model_config(cfg)
+    model = build.model_factory(cfg, model_config)("meta")
+    read_weights(model, checkpoint, meta.get("format", "full"))
+    model.eval()
+    return TrainedRun(cfg, checkpoint, meta, model, build.build_processor(cfg, model_config))

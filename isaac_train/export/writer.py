@@ -1,0 +1,248 @@
+"""Write a trained model as a Hugging Face directory, and prove it before saying done.
+
+What a directory holds: config.json and generation_config.json; the weights as (sharded, with an index)
+safetensors named in the base checkpoint's layout (Isaac-0.1 flat or Isaac-0.2 nested, or `layout=`); the
+tokenizer files, chat template and processor_config.json; and, copied as they are, the remote-code `*.py`
+files and README / LICENSE / NOTICE files the base checkpoint directory (`model.pretrained`) carried.
+
+LoRA is merged into every adapted module (decoder and, with peft.vision, the vision tower), or written as a
+PEFT adapter directory (`lora="adapter"`) that loads with `PeftModel.from_pretrained` on the base; modules that
+trained in full beside LoRA (projector, vision blocks) go into the adapter as `modules_to_save`.
+
+Verification: the directory is written to `OUT.tmp`, reloaded with the Auto classes (or base + adapter), its
+tensors checked against the exported model by name (none missing, none extra, equal) and its logits on a fixed
+multimodal sample compared with the model as trained; only then is it renamed to OUT.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import nn
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+COPIED = ("*.py", "README*", "readme*", "LICENSE*", "License*", "license*", "NOTICE*", "USE_POLICY*")
+# logits of the export against the model as trained: exact for the same weights, merge rounding for LoRA
+MERGE_TOLERANCE = 1e-4
+
+
+class ExportVerificationError(RuntimeError):
+    """The written directory does not reproduce the trained model; nothing was put at the output path."""
+
+
+@dataclass
+class ExportSummary:
+    out_dir: Path
+    layout: str
+    dtype: str
+    lora: str | None
+    parameters: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    copied: list[str] = field(default_factory=list)
+    max_logit_diff: float = 0.0
+    max_merge_diff: float | None = None
+
+    def __str__(self) -> str:
+        total = sum(self.parameters.values())
+        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.parameters.items())
+        lines = [
+            f"exported to {self.out_dir}",
+            f"  parameters {total / 1e6:.2f}M ({parts}); {self.dtype}; layout Isaac-{self.layout}"
+            + (f"; LoRA {self.lora}" if self.lora else ""),
+            f"  {len(self.files)} files, {self.bytes / 2**20:.1f} MiB"
+            + (f"; copied from the base: {', '.join(self.copied)}" if self.copied else ""),
+            f"  verified: reloaded logits max |diff| {self.max_logit_diff:.2e} vs the exported weights"
+            + (f", {self.max_merge_diff:.2e} merged vs LoRA as trained" if self.max_merge_diff is not None else ""),
+        ]
+        return "\n".join(lines)
+
+
+def fixed_sample(processor) -> dict[str, torch.Tensor]:
+    """A multimodal prompt that exercises vision, projector and decoder: two images of different shapes."""
+    yy, xx = np.mgrid[0:48, 0:80]
+    first = np.stack([xx * 3 % 256, yy * 5 % 256, (xx + yy) * 2 % 256], -1).astype(np.uint8)
+    second = np.stack([yy * 7 % 256, xx % 256, np.full_like(xx, 128)], -1).astype(np.uint8)[:40, :32]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Compare"},
+                                             {"type": "image"}, {"type": "text", "text": "the two shapes."}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    batch = processor(text=prompt, images=[PIL.Image.fromarray(first), PIL.Image.fromarray(second)])
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, sample: dict[str, torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    return model(**sample).logits.float()
+
+
+def merged_copy(model: nn.Module) -> nn.Module:
+    """A plain IsaacForConditionalGeneration: LoRA merged into a copy when the model is a peft model."""
+    from ..model import IsaacForConditionalGeneration
+
+    if isinstance(model, IsaacForConditionalGeneration):
+        return copy.deepcopy(model)
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return copy.deepcopy(model).merge_and_unload()
+    raise TypeError(f"cannot export a {type(model).__name__}: expected an Isaac model or a peft model around one")
+
+
+def parameter_parts(model: nn.Module) -> dict[str, int]:
+    parts = {"vision": 0, "projector": 0, "decoder": 0}
+    for name, p in model.named_parameters():
+        part = ("vision" if "vision_embedding.0." in name else
+                "projector" if "vision_embedding." in name else "decoder")
+        parts[part] += p.numel()
+    return parts
+
+
+def base_dir_of(cfg) -> Path | None:
+    base = cfg.model.pretrained if cfg is not None else None
+    return Path(base) if base and Path(base).is_dir() else None
+
+
+def base_dtype(base: Path | None) -> str:
+    if base is None:
+        return "fp32"
+    config = json.loads((base / "config.json").read_text())
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return "bf16" if "bfloat16" in name else "fp32"
+
+
+def copy_base_files(base: Path | None, out: Path) -> list[str]:
+    """Remote code and README / license files of the base directory, byte for byte."""
+    if base is None:
+        return []
+    copied = []
+    for pattern in COPIED:
+        for file in sorted(base.glob(pattern)):
+            if file.is_file() and not (out / file.name).exists():
+                shutil.copy2(file, out / file.name)
+                copied.append(file.name)
+    # keep the base's remote-code entry points next to our processor settings
+    base_proc, ours = base / "processor_config.json", out / "processor_config.json"
+    if base_proc.is_file() and ours.is_file():
+        theirs, mine = json.loads(base_proc.read_text()), json.loads(ours.read_text())
+        for key in ("auto_map", "processor_class"):
+            if key in theirs and key not in mine:
+                mine[key] = theirs[key]
+        ours.write_text(json.dumps(mine, indent=2) + "\n")
+    return copied
+
+
+def written_tensors(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(out.glob("*.safetensors")):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, layout: str | None = None,
+                 dtype: str = "auto", lora: str = "merge", max_shard_size: str | int = "5GB", verify: bool = True,
+                 overwrite: bool = False, log=print) -> ExportSummary:
+    """Export an in-memory trained model (plain or peft-wrapped). `cfg`: the run's Config (for the base
+    checkpoint directory and what trained); `layout` "0.1" / "0.2" (default: the base's); `dtype` auto (the
+    base's) / fp32 / bf16; `lora` merge / adapter."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: choose another output directory or pass "
+                              "--overwrite (overwrite=True)")
+    if lora not in ("merge", "adapter"):
+        raise ValueError(f"lora={lora!r}: choose merge or adapter")
+    base = base_dir_of(cfg)
+    dtype = base_dtype(base) if dtype == "auto" else dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: choose auto, fp32 or bf16")
+    torch_dtype = DTYPES[dtype]
+    from peft import PeftModel
+
+    is_lora = isinstance(model, PeftModel)
+    if lora == "adapter" and not is_lora:
+        raise ValueError("lora=adapter but the model has no LoRA adapter (peft=none): export merged weights")
+    if lora == "adapter" and base is None:
+        raise ValueError("an adapter export needs the base checkpoint directory it applies to (model.pretrained); "
+                         "this run trained from a built-in size: export merged weights instead")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model.eval()
+
+    if lora == "adapter":
+        from .adapter import save_adapter, verify_adapter
+
+        exported = save_adapter(model, tmp, base, cfg, torch_dtype)
+        layout = layout or "0.1"
+    else:
+        log(f"export: {'merging LoRA into ' if is_lora else ''}a copy of the model")
+        exported = merged_copy(model)
+        merge_diff = _check_merge(model, exported, fixed_sample(processor)) if is_lora and verify else None
+        layout = layout or exported.config.checkpoint_layout
+        exported.config.checkpoint_layout = layout
+        exported.to(torch_dtype)
+        log(f"export: writing {dtype} weights (Isaac-{layout} layout) to {tmp}")
+        exported.save_pretrained(tmp, max_shard_size=max_shard_size)
+    processor.save_pretrained(tmp)
+    copied = copy_base_files(base, tmp)
+    summary = ExportSummary(out, layout, dtype, ("adapter" if lora == "adapter" else "merged") if is_lora else None,
+                            parameter_parts(model if lora == "adapter" else exported), copied=copied)
+    if verify:
+        log("export: verifying (reload, tensors by name, logits on a fixed multimodal sample)")
+        sample = fixed_sample(processor)
+        if lora == "adapter":
+            summary.max_logit_diff = verify_adapter(model, tmp, base, sample, torch_dtype)
+        else:
+            summary.max_merge_diff = merge_diff
+            summary.max_logit_diff = _verify_merged(exported, tmp, sample, torch_dtype, layout)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    summary.files = sorted(p.name for p in out.iterdir())
+    summary.bytes = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
+    log(str(summary))
+    return summary
+
+
+def _check_merge(trained: nn.Module, merged: nn.Module, sample: dict) -> float:
+    """Logits of the merged fp32 copy against the LoRA model as trained (the merge must lose nothing)."""
+    reference = logits_of(trained, sample)
+    diff = float((logits_of(merged, sample) - reference).abs().max())
+    if diff > MERGE_TOLERANCE * max(1.0, float(reference.abs().max())):
+        raise ExportVerificationError(f"the merged weights' logits differ from the trained model's by {diff:.3e}: "
+                                      "the LoRA merge lost something")
+    return diff
+
+
+def _verify_merged(exported: nn.Module, tmp: Path, sample: dict, torch_dtype: torch.dtype, layout: str) -> float:
+    """Every tensor written equals the exported model's (by name, in the layout), and the directory reloads with
+    the Auto classes to the same logits. Returns the max |logit difference| (0.0 when it passes)."""
+    from transformers import AutoModelForImageTextToText
+
+    from ..model.layouts import to_layout
+
+    expected = to_layout(exported.state_dict(), layout)
+    written = written_tensors(tmp)
+    missing, extra = sorted(set(expected) - set(written)), sorted(set(written) - set(expected))
+    if missing or extra:
+        raise ExportVerificationError(f"the export in {tmp} misses {missing[:5]} ({len(missing)}) and has extra "
+                                      f"{extra[:5]} ({len(extra)}) tensors")
+    differ = [k for k in expected if not torch.equal(expected[k], written[k])]
+    if differ:
+        raise ExportVerificationError(f"{len(differ)} tensors in {tmp} differ from the model, e.g. {differ[:5]}")
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp, dtype=torch_dtype)
+    diff = float((logits_of(reloaded, sample) - logits_of(exported, sample)).abs().max())
+    if diff != 0.0:
+        raise ExportVerificationError(f"the reloaded export's logits differ from the exported weights' by {diff:.3e}: "
+                                      f"{tmp} does not load as written")
+    return diff
