@@ -81,6 +81,7 @@ def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
             raise ImportError("this checkpoint was written by DeepSpeed: pip install 'isaac-train[deepspeed]' to "
                               "read it") from err
         state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="deepspeed")
+        _add_frozen_from_module_states(state, checkpoint / "deepspeed", model)
     else:
         raise ValueError(f"checkpoint {checkpoint} has an unknown format {fmt!r} (expected full, dcp or deepspeed)")
     expected = set(model.state_dict())
@@ -90,6 +91,20 @@ def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
                          f"({len(missing)}), unexpected {extra[:5]} ({len(extra)})")
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True,
                           assign=True)
+
+
+def _add_frozen_from_module_states(state: dict[str, torch.Tensor], directory: Path, model: nn.Module) -> None:
+    """zero_to_fp32 leaves out frozen parameters of stage-1 checkpoints (LoRA's base weights); stages 1-2 keep
+    whole, unpartitioned copies of every parameter in mp_rank_00_model_states.pt: take the missing ones there."""
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in shapes if k not in state]
+    files = sorted(directory.glob("mp_rank_*_model_states.pt"))
+    if not missing or not files:
+        return
+    module = torch.load(files[0], map_location="cpu", weights_only=False).get("module", {})
+    for key in missing:
+        if key in module and module[key].shape == shapes[key]:
+            state[key] = module[key]
 
 
 def load_trained(path: str | Path) -> TrainedRun:

@@ -10,6 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from isaac_train.export import export_checkpoint
+from isaac_train.export.writer import written_tensors
+
 from ..train.conftest import losses
 from .helpers import run_train, single_overrides, two_rank_overrides
 
@@ -53,6 +56,12 @@ def test_two_processes_match_one(train_shards, tmp_path, single_losses, strategy
     assert weights.keys() == expected_weights.keys()
     for name, tensor in expected_weights.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-4, rtol=0, msg=f"{strategy} {mode} {name}")
+    # isaac-export reads the final checkpoint (DDP full / FSDP DCP shards / DeepSpeed partitions) in this one
+    # process and writes exactly what the run's own export gathered
+    export_checkpoint(tmp_path, tmp_path / "exported", log=lambda *_: None)
+    again = written_tensors(tmp_path / "exported")
+    assert again.keys() == weights.keys()
+    assert all(torch.equal(again[k], weights[k]) for k in weights), f"{strategy} {mode}: checkpoint != gathered"
 
 
 def test_fsdp_bf16_mixed_precision_trains_like_autocast(train_shards, tmp_path):
