@@ -40,15 +40,19 @@ def test_fsdp_checkpoint_is_sharded_dcp(fsdp_run):
     assert not (step / "model.safetensors").exists()
 
 
-def test_fsdp_checkpoint_resumes_on_two_processes(train_shards, tmp_path, fsdp_run):
-    out, straight, _ = fsdp_run
+def _resume_on_two_is_bit_identical(train_shards, tmp_path, run, strategy: str) -> None:
+    out, straight, _ = run
     resumed = keep_only_checkpoint(out, SAVE_AT, tmp_path / "resumed")
-    run_train(two_rank_overrides(train_shards, resumed, "fsdp", f"train.max_steps={STEPS}",
+    run_train(two_rank_overrides(train_shards, resumed, strategy, f"train.max_steps={STEPS}",
                                  f"train.save_every={SAVE_AT}", "train.keep_last=5"), nproc=2)
     got = losses(resumed)
     assert set(got) == set(range(SAVE_AT + 1, STEPS + 1))
     for step in got:
-        assert got[step] == straight[step], (step, got[step], straight[step])
+        assert got[step] == straight[step], (strategy, step, got[step], straight[step])
+
+
+def test_fsdp_checkpoint_resumes_on_two_processes(train_shards, tmp_path, fsdp_run):
+    _resume_on_two_is_bit_identical(train_shards, tmp_path, fsdp_run, "fsdp")
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "single"])
@@ -71,16 +75,10 @@ def zero3_run(train_shards, tmp_path_factory):
 
 
 def test_zero3_checkpoint_resumes_on_two_processes(train_shards, tmp_path, zero3_run):
-    out, straight, meta = zero3_run
+    out, _, meta = zero3_run
     assert meta["format"] == "deepspeed" and meta["world_size"] == 2
     assert (out / "checkpoints" / f"step_{SAVE_AT:07d}" / "deepspeed").is_dir()
-    resumed = keep_only_checkpoint(out, SAVE_AT, tmp_path / "resumed")
-    run_train(two_rank_overrides(train_shards, resumed, "zero3", f"train.max_steps={STEPS}",
-                                 f"train.save_every={SAVE_AT}", "train.keep_last=5"), nproc=2)
-    got = losses(resumed)
-    assert set(got) == set(range(SAVE_AT + 1, STEPS + 1))
-    for step in got:
-        assert got[step] == straight[step], (step, got[step], straight[step])
+    _resume_on_two_is_bit_identical(train_shards, tmp_path, zero3_run, "zero3")
 
 
 @pytest.mark.parametrize(("strategy", "message"), [
