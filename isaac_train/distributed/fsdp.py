@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from .strategy import (
-    LocalStrategy,
     Strategy,
     load_dcp,
     read_full_checkpoint,
@@ -37,7 +36,6 @@ class FSDPStrategy(Strategy):
     def __init__(self, env, precision: str, options: Any = None) -> None:
         super().__init__(env, precision)
         self.reshard_after_forward = getattr(options, "reshard_after_forward", True)
-        self.make_model = None
 
     @property
     def eval_on_all_ranks(self) -> bool:
@@ -96,11 +94,7 @@ class FSDPStrategy(Strategy):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.env.is_main:
-            return None
-        model = self.make_model("meta")
-        model.load_state_dict(state, strict=True, assign=True)
-        return model
+        return self.unsharded(state) if self.env.is_main else None
 
 
-__all__ = ["FSDPStrategy", "LocalStrategy", "shard_units"]
+__all__ = ["FSDPStrategy", "shard_units"]

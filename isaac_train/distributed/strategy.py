@@ -50,6 +50,7 @@ class Strategy:
         self.model: nn.Module | None = None  # what the forward runs on (wrapped)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
+        self.make_model: ModelFactory | None = None  # kept by sharded strategies to rebuild a whole model
 
     # ---- building --------------------------------------------------------------------------------------------
 
@@ -124,6 +125,12 @@ class Strategy:
     def full_model(self) -> nn.Module | None:
         """The whole model on rank 0 (None on the others); every rank must call it."""
         raise NotImplementedError
+
+    def unsharded(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A plain model (structure from make_model, on meta) holding the gathered full `state`."""
+        model = self.make_model("meta")
+        model.load_state_dict(state, strict=True, assign=True)
+        return model
 
 
 class LocalStrategy(Strategy):
@@ -216,8 +223,10 @@ def unsupported_format(directory: Path, fmt: str, strategy: str) -> str:
             f"{hint.get(fmt, 'resume it with the strategy that wrote it')}, or export it to a Hugging Face directory")
 
 
-def make_strategy(name: str, env: DistEnv, precision: str, options: Any = None) -> Strategy:
-    """The Strategy for `strategy=name` (options: the StrategyConfig, for fsdp / zero settings)."""
+def make_strategy(options: Any, env: DistEnv, train: Any) -> Strategy:
+    """The Strategy for `strategy=` (options: the StrategyConfig; train: the TrainConfig, for precision and,
+    with DeepSpeed, grad_accum and clip_grad_norm, which its config carries)."""
+    name, precision = options.name, train.precision
     if name in ("single", "ddp"):
         return LocalStrategy(env, precision, name)
     if name == "fsdp":
@@ -227,5 +236,5 @@ def make_strategy(name: str, env: DistEnv, precision: str, options: Any = None) 
     if name in ("zero1", "zero2", "zero3"):
         from .zero import ZeroStrategy
 
-        return ZeroStrategy(env, precision, int(name[-1]), options)
+        return ZeroStrategy(env, precision, int(name[-1]), options, train.grad_accum, train.clip_grad_norm)
     raise ValueError(f"strategy={name!r}: choose single, ddp, fsdp, zero1, zero2 or zero3")

@@ -57,15 +57,16 @@ def check_zero_options(zero_options: dict[str, Any]) -> str | None:
 class ZeroStrategy(Strategy):
     format = "deepspeed"
 
-    def __init__(self, env, precision: str, stage: int, options: Any = None) -> None:
+    def __init__(self, env, precision: str, stage: int, options: Any = None, grad_accum: int = 1,
+                 clip_grad_norm: float | None = None) -> None:
         super().__init__(env, precision)
         self.stage = stage
         self.name = f"zero{stage}"
-        self.options = options
         self.engine = None
-        self.make_model = None
         self.micro_steps = 0
-        self.grad_accum = 1
+        self.grad_accum = grad_accum
+        zero = dict(getattr(options, "zero", None) or {})
+        self.config = deepspeed_config(stage, grad_accum, clip_grad_norm, env.world_size, zero)
         self._hf_config = None  # kept alive: transformers' ZeRO-3 loading looks it up while building
 
     @property
@@ -75,12 +76,6 @@ class ZeroStrategy(Strategy):
     @property
     def eval_model(self) -> nn.Module:
         return self.engine.module
-
-    def configure(self, grad_accum: int, clip_grad_norm: float | None) -> dict[str, Any]:
-        self.grad_accum = grad_accum
-        zero = dict(getattr(self.options, "zero", None) or {})
-        self.config = deepspeed_config(self.stage, grad_accum, clip_grad_norm, self.env.world_size, zero)
-        return self.config
 
     def build_partitioned(self, make_model) -> nn.Module:
         """Stage 3: every rank builds the model inside zero.Init (each parameter partitioned as it is created,
@@ -110,8 +105,6 @@ class ZeroStrategy(Strategy):
     def setup(self, make_model, make_optimizer, make_scheduler) -> None:
         import deepspeed
 
-        if self.config is None:
-            raise RuntimeError("ZeroStrategy.configure() must run before setup()")
         self.make_model = make_model
         deepspeed.init_distributed(dist_backend="nccl" if self.env.device.type == "cuda" else "gloo")  # our group
         if self.stage == 3:
@@ -123,8 +116,6 @@ class ZeroStrategy(Strategy):
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                   config=self.config)
         self.model = self.engine
-
-    config: dict[str, Any] | None = None
 
     def backward(self, loss) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop already divides by the global label count
@@ -168,7 +159,5 @@ class ZeroStrategy(Strategy):
             state = {k: v.detach().clone().cpu() for k, v in module.state_dict().items()} if self.env.is_main else None
         if not self.env.is_main:
             return None
-        self._hf_config = None
-        model = self.make_model("meta")
-        model.load_state_dict(state, strict=True, assign=True)
-        return model
+        self._hf_config = None  # the copy for export is an ordinary model: transformers must not see ZeRO-3 now
+        return self.unsharded(state)

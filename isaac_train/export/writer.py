@@ -178,6 +178,7 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     model.eval()
+    sample = fixed_sample(processor) if verify else None
 
     if lora == "adapter":
         from .adapter import save_adapter, verify_adapter
@@ -187,7 +188,7 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
     else:
         log(f"export: {'merging LoRA into ' if is_lora else ''}a copy of the model")
         exported = merged_copy(model)
-        merge_diff = _check_merge(model, exported, fixed_sample(processor)) if is_lora and verify else None
+        merge_diff = _check_merge(model, exported, sample) if is_lora and verify else None
         layout = layout or exported.config.checkpoint_layout
         exported.config.checkpoint_layout = layout
         exported.to(torch_dtype)
@@ -199,7 +200,6 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
                             parameter_parts(model if lora == "adapter" else exported), copied=copied)
     if verify:
         log("export: verifying (reload, tensors by name, logits on a fixed multimodal sample)")
-        sample = fixed_sample(processor)
         if lora == "adapter":
             summary.max_logit_diff = verify_adapter(model, tmp, base, sample, torch_dtype)
         else:

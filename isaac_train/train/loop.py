@@ -123,9 +123,7 @@ def train(cfg: Config) -> TrainResult:
     data = prepare_data(cfg, run_dir)
     if env.is_main:
         env.barrier()
-    strategy = make_strategy(cfg.strategy.name, env, cfg.train.precision, cfg.strategy)
-    if hasattr(strategy, "configure"):
-        strategy.configure(cfg.train.grad_accum, cfg.train.clip_grad_norm)
+    strategy = make_strategy(cfg.strategy, env, cfg.train)
     strategy.setup(build.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
     isaac = build.isaac_of(strategy.model)
