@@ -1,4 +1,4 @@
-"""Checkpoints: complete or absent, never half-written; `latest` only ever names a complete one.
+"""Checkpoints: complete and verified, or not used; `latest` only ever names a complete one.
 
 Layout of `run.output_dir/checkpoints/`:
 
@@ -8,18 +8,25 @@ Layout of `run.output_dir/checkpoints/`:
         dcp/                     format "dcp" (fsdp): sharded model + optimizer, loadable by any world size
         deepspeed/               format "deepspeed" (zero1-3): DeepSpeed's files
         scheduler.pt             the learning-rate schedule
-        trainer_state.json       step, tokens, samples, the model/data identity, strategy, format, world size
+        trainer_state.json       step, tokens, samples, skipped steps, the model/data identity, strategy, format
         rank_00000.pt            per-rank state: RNG (python, numpy, torch, cuda) and data loader
+        manifest.json            every file above with its size and sha256 (integrity.py)
         COMPLETE                 written last
     latest -> step_0000100       a symlink, replaced atomically after the directory is complete
 
-A checkpoint is written to `.tmp_step_0000100` and renamed into place; only then does `latest` move; only
-then are checkpoints beyond the last `keep_last` deleted.
+A checkpoint is written to `.tmp_step_0000100`; every rank fsyncs and digests a share of its files, rank 0
+writes the manifest and the marker, fsyncs, renames the directory into place, moves `latest`, and only then
+deletes checkpoints beyond the last `keep_last` (never the newest that verifies). A failed write (a full disk
+above all) removes the partial directory on every rank and raises CheckpointWriteError saying what happened.
+
+Reading back: `latest()` is the newest checkpoint that verifies (sizes and checksums); each newer one that does
+not is logged with the reason and skipped. Nothing read from a checkpoint can run code (safe_load.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -32,8 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..distributed.setup import DistEnv
+from . import integrity
+from .integrity import COMPLETE
+from .safe_load import load_state_file
+
+logger = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step_(\d{7,})$")
-COMPLETE = "COMPLETE"
+_MiB = 1 << 20
 
 
 @dataclass
@@ -45,11 +58,21 @@ class TrainState:
     label_tokens: int = 0
     samples: int = 0
     images: int = 0
+    skipped_steps: int = 0  # steps whose loss or gradient norm was not finite: no update was applied
+    skips_in_a_row: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the partial directory is gone and earlier checkpoints are intact."""
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values (loadable weights-only)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                                                    int(has_gauss), float(gauss)),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -57,7 +80,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -69,62 +93,173 @@ class CheckpointManager:
     def __init__(self, root: str | Path, keep_last: int = 3) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
+        self._verified: dict[tuple[Path, bool], str | None] = {}
 
     def step_dir(self, step: int) -> Path:
         return self.root / f"step_{step:07d}"
 
     def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
+        """Checkpoints with a COMPLETE marker (not yet verified), oldest first."""
         if not self.root.is_dir():
             return []
         found = [p for p in self.root.iterdir() if STEP_DIR.match(p.name) and (p / COMPLETE).is_file()]
         return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
-    def latest(self) -> Path | None:
-        link = self.root / "latest"
-        if link.is_symlink() or link.exists():
-            target = link.resolve()
-            if (target / COMPLETE).is_file():
-                return target
-        done = self.complete()  # a crash between rename and relink: the newest complete one
-        return done[-1] if done else None
+    def verify(self, path: Path, checksums: bool = True) -> str | None:
+        """Why checkpoint `path` cannot be used (None: it verifies); remembered per manager."""
+        key = (path, checksums)
+        if key not in self._verified:
+            self._verified[key] = integrity.verify(path, checksums)
+        return self._verified[key]
+
+    def latest(self, checksums: bool = True) -> Path | None:
+        """The newest checkpoint that verifies; newer ones that do not are logged with the reason."""
+        for path in reversed(self.complete()):
+            reason = self.verify(path, checksums)
+            if reason is None:
+                return path
+            logger.warning("skipping checkpoint %s: %s", path, reason)
+        return None
+
+    def skipped(self, checksums: bool = True) -> list[tuple[Path, str]]:
+        """Complete checkpoints newer than latest() that do not verify, with the reasons."""
+        out = []
+        for path in reversed(self.complete()):
+            reason = self.verify(path, checksums)
+            if reason is None:
+                break
+            out.append((path, reason))
+        return out
+
+    def set_aside(self, path: Path, reason: str) -> Path:
+        """Rename a checkpoint that failed verification to `step_N.rejected` (kept for inspection, never used or
+        deleted by retention) with the reason in REJECTED.txt."""
+        target = path.with_name(path.name + ".rejected")
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.rejected{n}")
+        os.replace(path, target)
+        (target / "REJECTED.txt").write_text(reason + "\n")
+        return target
+
+    def clean_stale(self) -> list[Path]:
+        """Remove what an interrupted save left behind (`.tmp_step_*`, `.old_step_*`, `.latest_tmp`)."""
+        removed = []
+        if not self.root.is_dir():
+            return removed
+        for path in self.root.iterdir():
+            if path.name.startswith((".tmp_step_", ".old_step_", ".latest_tmp")):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    # ---- writing ---------------------------------------------------------------------------------------------
 
     def save(
         self, step: int, write: Callable[[Path], None], train_state: TrainState, identity: dict[str, Any],
-        rank_state: dict[str, Any], rank: int = 0, barrier: Any = None, meta: dict[str, Any] | None = None,
+        rank_state: dict[str, Any], env: DistEnv | None = None, meta: dict[str, Any] | None = None,
     ) -> Path:
-        """Write checkpoint `step` atomically. Every rank calls this: `write(dir)` writes the model and optimizer
-        in the strategy's format (collective for sharded strategies), `rank_state` is this rank's RNG and data
-        position; rank 0 writes trainer_state.json (with `meta`: strategy, format, world size) and commits."""
-        barrier = barrier or (lambda: None)
+        """Write checkpoint `step`. Every rank calls this: `write(dir)` writes the model and optimizer in the
+        strategy's format (collective for sharded strategies), `rank_state` is this rank's RNG and data
+        position; rank 0 writes trainer_state.json (with `meta`: strategy, format, world size) and commits.
+        Raises CheckpointWriteError on every rank when any rank's write fails."""
+        env = env or DistEnv()
         final = self.step_dir(step)
         tmp = self.root / f".tmp_{final.name}"
-        if rank == 0:
+        if env.is_main:
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-        barrier()
-        torch.save(rank_state, tmp / f"rank_{rank:05d}.pt")
-        write(tmp)
-        barrier()
-        if rank == 0:
-            (tmp / "trainer_state.json").write_text(json.dumps(
-                {"train_state": asdict(train_state), "identity": identity, **(meta or {})}, indent=1, default=str))
-            (tmp / COMPLETE).write_text("ok\n")
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            link_tmp = self.root / ".latest_tmp"
-            if link_tmp.is_symlink() or link_tmp.exists():
-                link_tmp.unlink()
-            link_tmp.symlink_to(final.name)
-            os.replace(link_tmp, self.root / "latest")
-            _fsync_dir(self.root)
-            for old in self.complete()[: -self.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        barrier()
+        env.barrier()
+        error = None
+        try:
+            torch.save(rank_state, tmp / f"rank_{env.rank:05d}.pt")
+            write(tmp)
+            if env.is_main:
+                integrity.write_synced(tmp / "trainer_state.json", json.dumps(
+                    {"train_state": asdict(train_state), "identity": identity, **(meta or {})}, indent=1,
+                    default=str))
+        except Exception as err:  # reported to every rank below; the caller sees CheckpointWriteError
+            error = err
+        self._agree(env, error, tmp, final)
+        error, shares = None, {}
+        try:
+            shares = integrity.digest_share(tmp, env.rank, env.world_size)
+        except Exception as err:
+            error = err
+        gathered = env.gather(shares)
+        if env.is_main and error is None:
+            try:
+                self._commit(tmp, final, {k: v for share in gathered for k, v in share.items()})
+            except Exception as err:
+                error = err
+        self._agree(env, error, tmp, final)
         return final
+
+    def _commit(self, tmp: Path, final: Path, files: dict[str, dict]) -> None:
+        integrity.write_manifest(tmp, files)
+        integrity.write_synced(tmp / COMPLETE, "ok\n")
+        reason = integrity.verify(tmp, checksums=False)
+        if reason is not None:
+            raise RuntimeError(f"the checkpoint does not verify right after writing it: {reason}")
+        integrity.fsync_dir(tmp)
+        old = self.root / f".old_{final.name}"
+        if final.exists():  # the same step written again (a resumed run): move the old one away, then replace
+            os.replace(final, old)
+        os.replace(tmp, final)
+        link_tmp = self.root / ".latest_tmp"
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        link_tmp.symlink_to(final.name)
+        os.replace(link_tmp, self.root / "latest")
+        integrity.fsync_dir(self.root)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        self._verified = {k: v for k, v in self._verified.items() if k[0] != final}
+        self._retain(final)
+
+    def _retain(self, newest: Path) -> None:
+        """Delete complete checkpoints beyond the last `keep_last`, never the newest one that verifies."""
+        protected = {newest, self.latest(checksums=False)}
+        for old in self.complete()[: -self.keep_last]:
+            if old not in protected:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _agree(self, env: DistEnv, error: BaseException | None, tmp: Path, final: Path) -> None:
+        """Every rank learns whether any rank failed; then the partial directory goes and all raise."""
+        errors = env.gather(None if error is None else (type(error).__name__, str(error)[:2000],
+                                                        integrity.is_disk_full(error)))
+        failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
+        if not failed:
+            return
+        disk_full = any(e[2] for _, e in failed)
+        written = integrity.tree_bytes(tmp) if env.is_main else 0
+        free_before = integrity.free_bytes(tmp)
+        disk_full = disk_full or free_before < _MiB
+        env.barrier()
+        if env.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        env.barrier()
+        rank, (kind, text, _) = failed[0]
+        previous = self.latest(checksums=False)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        if disk_full:
+            needed = max(written, integrity.manifest_bytes(previous) if previous else 0)
+            message = (f"checkpoint {final.name} not written: the disk is full at {self.root} (rank {rank}: {kind}). "
+                       f"It needs about {needed / _MiB:.1f} MiB ({written / _MiB:.1f} MiB were written before the "
+                       f"write failed); {integrity.free_bytes(self.root) / _MiB:.1f} MiB are free now that the "
+                       f"partial directory is removed. {kept.capitalize()}. Free space (or lower train.keep_last, or "
+                       "move run.output_dir) and run the same command again to resume.")
+        else:
+            message = (f"checkpoint {final.name} not written: rank {rank} failed with {kind}: {text.splitlines()[0]}. "
+                       f"The partial directory is removed; {kept}.")
+        raise CheckpointWriteError(message) from error
+
+    # ---- reading ---------------------------------------------------------------------------------------------
 
     @staticmethod
     def meta(path: Path) -> dict[str, Any]:
@@ -136,20 +271,8 @@ class CheckpointManager:
     @staticmethod
     def rank_states(path: Path) -> list[dict[str, Any]]:
         """Every rank's saved state (RNG, data position), in rank order."""
-        files = sorted(path.glob("rank_*.pt"))
-        return [torch.load(f, weights_only=False) for f in files]
+        return [load_state_file(f) for f in sorted(path.glob("rank_*.pt"))]
 
     @staticmethod
     def rank_state(path: Path, rank: int) -> dict[str, Any]:
-        return torch.load(path / f"rank_{rank:05d}.pt", weights_only=False)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return load_state_file(path / f"rank_{rank:05d}.pt")

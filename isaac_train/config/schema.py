@@ -68,6 +68,7 @@ class TrainConfig:
     eval_generate: int = 4  # generated samples shown at each eval
     save_every: int = 0  # 0: only at the end
     keep_last: int = 3
+    max_skipped_steps: int = 3  # non-finite steps in a row (each skipped, nothing updated) before the run stops
 
 
 @dataclass
@@ -116,6 +117,7 @@ class LoggingConfig:
     wandb: str = "disabled"  # disabled | offline | online
     project: str = "isaac-train"
     progress: bool = True
+    ledger: bool = False  # samples.jsonl: the sample keys every rank trained on, per step
 
 
 @dataclass
@@ -157,16 +159,20 @@ def validate(cfg: Config) -> None:
            f"{m.size!r} is not a built-in size (tiny, small); set model.pretrained=/path/to/checkpoint instead")
     _check(m.attn_backend in ("auto", "sdpa", "eager", "varlen", "flash_attn"), "model.attn_backend",
            f"{m.attn_backend!r}; choose auto, sdpa, eager, varlen or flash_attn")
-    _check(m.train_vision in ("none", "all", "last_n"), "model.train_vision", "choose none, all or last_n")
+    _check(m.train_vision in ("none", "all", "last_n"), "model.train_vision",
+           f"{m.train_vision!r}; choose none, all or last_n")
     _check(m.train_vision != "last_n" or m.vision_last_n > 0, "model.vision_last_n",
            "must be > 0 with model.train_vision=last_n")
-    _check(m.train_decoder in ("full", "frozen", "lora"), "model.train_decoder", "choose full, frozen or lora")
+    _check(m.train_decoder in ("full", "frozen", "lora"), "model.train_decoder",
+           f"{m.train_decoder!r}; choose full, frozen or lora")
     _check(p.kind in ("none", "lora"), "peft", f"{p.kind!r}; choose peft=none or peft=lora")
     _check(m.train_decoder != "lora" or p.kind == "lora", "peft",
            "model.train_decoder=lora needs peft=lora (rank, alpha, targets live there)")
     _check(p.kind != "lora" or m.train_decoder == "lora" or p.vision, "model.train_decoder",
            "peft=lora adapts the decoder: set model.train_decoder=lora (or peft.vision=true for vision-only LoRA)")
-    _check(p.r > 0 and p.alpha > 0 and 0 <= p.dropout < 1, "peft.r", "r and alpha must be > 0, dropout in [0, 1)")
+    _check(p.r > 0, "peft.r", "must be > 0")
+    _check(p.alpha > 0, "peft.alpha", "must be > 0")
+    _check(0 <= p.dropout < 1, "peft.dropout", "must be in [0, 1)")
     any_trainable = m.train_vision != "none" or m.train_projector or m.train_decoder != "frozen" or p.vision
     _check(any_trainable, "model.train_decoder", "nothing would train: unfreeze the decoder, projector or vision")
     _check(d.train_shards is not None or d.demo, "data.train_shards",
@@ -176,25 +182,40 @@ def validate(cfg: Config) -> None:
         _check(len(d.train_weights) == n and all(w > 0 for w in d.train_weights), "data.train_weights",
                f"needs {n} positive weight(s), one per data.train_shards entry")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
-    _check(d.pack_buffer >= 1 and d.rows_per_batch >= 1, "data.pack_buffer", "pack_buffer and rows_per_batch >= 1")
-    _check(d.length_policy in ("truncate", "drop"), "data.length_policy", "choose truncate or drop")
+    _check(d.pack_buffer >= 1, "data.pack_buffer", "must be >= 1")
+    _check(d.rows_per_batch >= 1, "data.rows_per_batch", "must be >= 1")
+    _check(d.max_patches_per_row is None or d.max_patches_per_row >= 1, "data.max_patches_per_row",
+           "must be >= 1 or null")
+    _check(d.shuffle_block >= 1, "data.shuffle_block", "must be >= 1")
+    _check(d.length_policy in ("truncate", "drop"), "data.length_policy",
+           f"{d.length_policy!r}; choose truncate or drop")
     _check(0 <= d.max_error_rate <= 1, "data.max_error_rate", "must be within [0, 1]")
     _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: build, checkpoint and export without training)")
     _check(t.seq_len >= 64, "train.seq_len", "must be at least 64 tokens")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-    _check(t.precision in PRECISIONS, "train.precision", f"choose one of {PRECISIONS}")
+    _check(t.precision in PRECISIONS, "train.precision", f"{t.precision!r}; choose {' or '.join(PRECISIONS)}")
     _check(t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", "must be > 0 or null")
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
-    _check(t.eval_every >= 0 and t.save_every >= 0, "train.eval_every", "eval_every and save_every must be >= 0")
+    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: no periodic eval)")
+    _check(t.save_every >= 0, "train.save_every", "must be >= 0 (0: save only at the end)")
+    _check(t.eval_batches >= 1, "train.eval_batches", "must be >= 1")
+    _check(t.eval_generate >= 0, "train.eval_generate", "must be >= 0")
     _check(t.eval_every == 0 or d.eval_shards is not None or d.demo, "data.eval_shards",
            "train.eval_every > 0 needs data.eval_shards (or data.demo=true)")
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
+    _check(t.max_skipped_steps >= 1, "train.max_skipped_steps", "must be >= 1")
     _check(o.lr > 0, "optim.lr", "must be > 0")
-    _check(o.schedule in SCHEDULES, "optim.schedule", f"choose one of {SCHEDULES}")
+    _check(o.lr_projector is None or o.lr_projector > 0, "optim.lr_projector", "must be > 0 or null (null: optim.lr)")
+    _check(o.lr_vision is None or o.lr_vision > 0, "optim.lr_vision", "must be > 0 or null (null: optim.lr / 10)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
+           "needs two values in [0, 1), e.g. optim.betas=[0.9,0.95]")
+    _check(o.eps > 0, "optim.eps", "must be > 0")
+    _check(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     _check(0 <= o.warmup_steps < max(t.max_steps, 1), "optim.warmup_steps", "must be >= 0 and below train.max_steps")
     _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-    _check(cfg.strategy.name in STRATEGIES, "strategy", f"{cfg.strategy.name!r}; choose one of {STRATEGIES}")
+    _check(cfg.strategy.name in STRATEGIES, "strategy", f"{cfg.strategy.name!r}; choose one of {', '.join(STRATEGIES)}")
     _check(cfg.strategy.timeout_s > 0, "strategy.timeout_s", "must be > 0 seconds")
     _check(not cfg.strategy.zero or cfg.strategy.name.startswith("zero"), "strategy.zero",
            f"DeepSpeed settings given but strategy={cfg.strategy.name}; use strategy=zero1|zero2|zero3 or drop them")

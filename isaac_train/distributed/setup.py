@@ -44,6 +44,18 @@ class DistEnv:
         dist.all_reduce(t)
         return float(t.item())
 
+    def sum_many(self, values: list[float]) -> list[float]:
+        """Sums of several numbers over ranks in one collective (float64 on the wire)."""
+        if not self.distributed:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank."""
+        return self.sum(float(flag)) > 0
+
     def gather(self, obj: Any) -> list[Any]:
         if not self.distributed:
             return [obj]

@@ -4,7 +4,8 @@ The training loop sees only this interface, whichever `strategy=` runs:
 
     strategy.setup(make_model, make_optimizer, make_scheduler)  build, wrap, shard
     strategy.forward_backward(inputs, loss_scale) -> output      one micro-batch (autocast, backward)
-    strategy.step(max_norm) -> grad norm                         clip, optimizer step, schedule, zero grads
+    strategy.step(max_norm, loss_finite) -> (norm, applied)     clip, optimizer step, schedule, zero grads;
+                                                                 nothing changes when loss or norm is not finite
     strategy.save(dir) / strategy.load(dir, meta)                every rank; the format is the strategy's
     strategy.full_model() -> nn.Module | None                    an unsharded model on rank 0 (export)
     strategy.eval_model, strategy.eval_on_all_ranks              what evaluation runs on, and where
@@ -22,6 +23,7 @@ the structure only (sharded strategies fill the weights from rank 0 or a checkpo
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint.safe_load import load_state_file
 from .setup import DistEnv
 
 ModelFactory = Callable[[torch.device | str], nn.Module]
@@ -93,16 +96,22 @@ class Strategy:
     def trainable(self) -> list[torch.Tensor]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def step(self, max_norm: float | None) -> float:
-        """Clip to `max_norm` (None: only measure), step the optimizer and the schedule, clear gradients.
-        Returns the gradient norm before clipping."""
+    def step(self, max_norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
+        """Clip to `max_norm` (None: only measure), step the optimizer and the schedule, clear gradients; unless
+        the loss (summed over ranks) or the gradient norm is not finite: then the gradients are dropped and the
+        parameters, the optimizer state and the schedule stay as they were. Every rank sees the same norm (the
+        gradients are reduced, or the norm is), so all ranks decide alike. Returns (norm before clipping,
+        whether the update was applied)."""
         norm = torch.nn.utils.clip_grad_norm_(self.trainable(), max_norm or float("inf"))
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
             norm = norm.full_tensor()
-        self.optimizer.step()
-        self.scheduler.step()
+        norm = float(norm)
+        applied = loss_finite and math.isfinite(norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm, applied
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[-1]
@@ -120,7 +129,7 @@ class Strategy:
             torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
 
     def load_scheduler(self, directory: Path) -> None:
-        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=False))
+        self.scheduler.load_state_dict(load_state_file(directory / "scheduler.pt"))
 
     def full_model(self) -> nn.Module | None:
         """The whole model on rank 0 (None on the others); every rank must call it."""
@@ -190,7 +199,7 @@ class LocalStrategy(Strategy):
 def read_full_checkpoint(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors.torch import load_file
 
-    return load_file(directory / "model.safetensors"), torch.load(directory / "optimizer.pt", weights_only=False)
+    return load_file(directory / "model.safetensors"), load_state_file(directory / "optimizer.pt")
 
 
 def set_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict,

@@ -123,11 +123,11 @@ class ZeroStrategy(Strategy):
         if self.micro_steps % self.grad_accum:
             self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
 
-    def step(self, max_norm: float | None) -> float:
+    def step(self, max_norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
         self.engine.step()  # boundary: reduce, clip (gradient_clipping), update, zero gradients
         self.scheduler.step()
         norm = self.engine.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        return (float(norm) if norm is not None else float("nan")), True
 
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)

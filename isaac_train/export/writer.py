@@ -139,6 +139,17 @@ def copy_base_files(base: Path | None, out: Path) -> list[str]:
     return copied
 
 
+def refuse_non_finite(model: nn.Module) -> None:
+    """A model with NaN or inf weights (a run that diverged) is not exported."""
+    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        shown = ", ".join(f"{name} ({n} values)" for name, n in bad[:3])
+        raise ExportVerificationError(
+            f"non-finite weights: {len(bad)} tensors hold NaN or inf, e.g. {shown}. The run diverged before this "
+            "checkpoint; export an earlier checkpoint (checkpoints/step_N) instead.")
+
+
 def written_tensors(out: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -173,6 +184,7 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
     if lora == "adapter" and base is None:
         raise ValueError("an adapter export needs the base checkpoint directory it applies to (model.pretrained); "
                          "this run trained from a built-in size: export merged weights instead")
+    refuse_non_finite(model)
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)

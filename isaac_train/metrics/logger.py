@@ -14,8 +14,15 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 
+# the files a run appends one record per step to; a resumed run cuts them back to the checkpoint's step
+STEP_FILES = ("metrics.jsonl", "eval_samples.jsonl", "samples.jsonl")
+
+
 class MetricsLogger:
-    """`log(step, metrics)` appends one JSON object per logged step to run_dir/metrics.jsonl (rank 0)."""
+    """`log(step, metrics)` appends one JSON object per logged step to run_dir/metrics.jsonl (rank 0);
+    `ledger(step, keys)` the sample keys each rank trained on in that step to samples.jsonl (logging.ledger).
+    Records of steps after `start_step` (written before a crash, after the checkpoint resumed from) are removed
+    first, so a resumed run's files hold every step once."""
 
     def __init__(self, run_dir: Path, config: dict[str, Any], rank: int, total_steps: int, start_step: int,
                  wandb_mode: str = "disabled", project: str = "isaac-train", name: str | None = None,
@@ -26,6 +33,8 @@ class MetricsLogger:
         self.bar = None
         if rank != 0:
             return
+        for name in STEP_FILES:
+            truncate_after(Path(run_dir) / name, start_step)
         if wandb_mode != "disabled":
             try:
                 import wandb
@@ -47,6 +56,11 @@ class MetricsLogger:
         if self.bar is not None:
             shown = {k: record[k] for k in ("loss", "lr", "tokens_per_s") if k in record}
             self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in shown.items()})
+
+    def ledger(self, step: int, keys_per_rank: list[list[str]]) -> None:
+        if self.rank == 0:
+            with (self.path.parent / "samples.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "keys": keys_per_rank}) + "\n")
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -75,6 +89,22 @@ class MetricsLogger:
             self.bar.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def truncate_after(path: Path, step: int) -> None:
+    """Keep the records of `path` (JSON lines with a "step") up to `step`; a torn last line goes too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    tmp.replace(path)
 
 
 def _run_id(run_dir: Path) -> str:

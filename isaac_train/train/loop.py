@@ -4,8 +4,13 @@
     step -> schedule -> log / eval / checkpoint -> ... -> final checkpoint -> export
 
 The loss of a step is the sum of token losses over all its micro-batches divided by their total number of label
-tokens, so gradient accumulation changes nothing but memory. SIGTERM / SIGUSR1 finish the current step, write a
-checkpoint and exit with REQUEUE_EXIT_CODE; the next start of the same command resumes from `latest`.
+tokens, so gradient accumulation changes nothing but memory.
+
+Faults: a step whose loss or gradient norm is not finite (on any rank) changes nothing and is counted;
+`train.max_skipped_steps` of them in a row stop the run. SIGTERM / SIGUSR1 (to this process, to torchrun or to
+the whole process group) finish the current step on every rank, write a checkpoint and exit with
+REQUEUE_EXIT_CODE; the next start of the same command resumes from the newest checkpoint that verifies. A rank
+that stalls or dies is named by the others (distributed/watchdog.py).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -28,6 +34,7 @@ from ..config.schema import Config
 from ..data.loader import reshard_loader_state
 from ..distributed.setup import init_distributed
 from ..distributed.strategy import Strategy, make_strategy
+from ..distributed.watchdog import Watchdog
 from ..metrics.flops import device_peak_flops, model_parts, step_flops
 from ..metrics.logger import MetricsLogger
 from . import build
@@ -46,6 +53,10 @@ class TrainResult:
     last_metrics: dict[str, Any]
     stopped_by_signal: bool = False
     env: Any = None
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many steps in a row were not finite; the last checkpoint holds the last good weights."""
 
 
 class StopFlag:
@@ -135,7 +146,7 @@ def train(cfg: Config) -> TrainResult:
     trainable = build.count_parameters(strategy.model, trainable=True)
 
     # ---- resume ----
-    latest = ckpt.latest() if cfg.run.resume else None
+    latest = _pick_checkpoint(ckpt, env) if cfg.run.resume else None
     if latest is not None:
         state = _resume(latest, ckpt, strategy, loader, ident, cfg, env)
         logger.info("resumed from %s at step %d", latest, state.step)
@@ -153,79 +164,104 @@ def train(cfg: Config) -> TrainResult:
     parts, peak = model_parts(isaac), device_peak_flops(device)
     trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)
     stop = StopFlag()
+    watchdog = Watchdog(env, cfg.strategy.timeout_s)
     batches = iter(loader)
     last: dict[str, Any] = {}
     window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0, "wait": loader.data_wait_s}
+    saved_at = None
 
     # ---- the loop ----
     strategy.model.train()
-    while state.step < cfg.train.max_steps:
-        start = time.perf_counter()
-        micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-        label_tokens = int(env.sum(sum(b.num_label_tokens for b in micro)))
-        if label_tokens == 0:
-            raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
-        # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses
-        # over the global label count.
-        loss_sum = 0.0
-        for batch in micro:
-            out = strategy.forward_backward(batch.to(device).model_inputs(), env.world_size / label_tokens)
-            loss_sum += float(out.loss_sum.detach())
-        loss_sum = env.sum(loss_sum)
-        grad_norm = strategy.step(cfg.train.clip_grad_norm)
-        state.step += 1
-        tokens = int(env.sum(sum(b.num_tokens for b in micro)))
-        state.tokens += tokens
-        state.label_tokens += label_tokens
-        state.samples += sum(len(row) for b in micro for row in b.sample_keys)
-        state.images += sum(int(b.image_grid_hw.shape[0]) for b in micro)
-        elapsed = time.perf_counter() - start
-        window["tokens"] += tokens
-        window["images"] += sum(int(b.image_grid_hw.shape[0]) for b in micro)
-        window["flops"] += sum(step_flops(parts, b, *trains) for b in micro)
-        window["time"] += elapsed
-        window["fill"] += sum(b.fill for b in micro) / len(micro)
-        window["n"] += 1
-        metrics_log.advance()
+    with watchdog.explain():
+        while state.step < cfg.train.max_steps:
+            watchdog.beat(state.step + 1)
+            start = time.perf_counter()
+            micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+            label_tokens = int(env.sum(sum(b.num_label_tokens for b in micro)))
+            if label_tokens == 0:
+                raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
+            # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses
+            # over the global label count.
+            loss_sum = 0.0
+            for batch in micro:
+                out = strategy.forward_backward(batch.to(device).model_inputs(), env.world_size / label_tokens)
+                loss_sum += float(out.loss_sum.detach())
+            # one collective: the loss, the token count and whether any rank was asked to stop
+            loss_sum, tokens, stopping = env.sum_many([loss_sum, sum(b.num_tokens for b in micro),
+                                                       float(stop.signal is not None)])
+            tokens = int(tokens)
+            grad_norm, applied = strategy.step(cfg.train.clip_grad_norm, math.isfinite(loss_sum))
+            state.step += 1
+            state.skips_in_a_row = 0 if applied else state.skips_in_a_row + 1
+            if not applied:
+                state.skipped_steps += 1
+                metrics_log.write(f"step {state.step}: loss {loss_sum / label_tokens:.4g}, gradient norm {grad_norm:.4g}"
+                                  f" (not finite on some rank): step skipped, nothing updated; {state.skips_in_a_row}"
+                                  f" in a row (train.max_skipped_steps={cfg.train.max_skipped_steps})")
+            state.tokens += tokens
+            state.label_tokens += label_tokens
+            state.samples += sum(len(row) for b in micro for row in b.sample_keys)
+            state.images += sum(int(b.image_grid_hw.shape[0]) for b in micro)
+            elapsed = time.perf_counter() - start
+            window["tokens"] += tokens
+            window["images"] += sum(int(b.image_grid_hw.shape[0]) for b in micro)
+            window["flops"] += sum(step_flops(parts, b, *trains) for b in micro)
+            window["time"] += elapsed
+            window["fill"] += sum(b.fill for b in micro) / len(micro)
+            window["n"] += 1
+            metrics_log.advance()
+            if cfg.logging.ledger:
+                metrics_log.ledger(state.step, env.gather([k for b in micro for row in b.sample_keys for k in row]))
 
-        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-            skipped = {}
-            for counts in env.gather(loader.skip_counts()):
-                for reason, n in counts.items():
-                    skipped[reason] = skipped.get(reason, 0) + n
-            last = {
-                "loss": loss_sum / label_tokens, "lr": strategy.lr(), "grad_norm": grad_norm,
-                "tokens_per_s": window["tokens"] / window["time"], "images_per_s": window["images"] / window["time"],
-                "packing_efficiency": window["fill"] / window["n"], "step_time_s": window["time"] / window["n"],
-                "data_wait_s": loader.data_wait_s - window["wait"], "tokens": state.tokens,
-                "samples": state.samples, "skipped": skipped,
-                "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30,
-            }
-            if peak:
-                last["mfu"] = window["flops"] / window["time"] / peak
-            metrics_log.log(state.step, last)
-            window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0,
-                      "wait": loader.data_wait_s}
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or not applied:
+                skipped = {}
+                for counts in env.gather(loader.skip_counts()):
+                    for reason, n in counts.items():
+                        skipped[reason] = skipped.get(reason, 0) + n
+                last = {
+                    "loss": loss_sum / label_tokens, "lr": strategy.lr(), "grad_norm": grad_norm,
+                    "skipped_steps": state.skipped_steps,
+                    "tokens_per_s": window["tokens"] / window["time"], "images_per_s": window["images"] / window["time"],
+                    "packing_efficiency": window["fill"] / window["n"], "step_time_s": window["time"] / window["n"],
+                    "data_wait_s": loader.data_wait_s - window["wait"], "tokens": state.tokens,
+                    "samples": state.samples, "skipped": skipped,
+                    "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30,
+                }
+                if peak:
+                    last["mfu"] = window["flops"] / window["time"] / peak
+                metrics_log.log(state.step, last)
+                window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0,
+                          "wait": loader.data_wait_s}
 
-        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
-                and (env.is_main or strategy.eval_on_all_ranks):
-            _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
-            strategy.model.train()
+            if state.skips_in_a_row >= cfg.train.max_skipped_steps:
+                previous = ckpt.latest(checksums=False)
+                raise TrainingDiverged(
+                    f"{state.skips_in_a_row} steps in a row (up to step {state.step}) had a non-finite loss or gradient"
+                    f" norm (train.max_skipped_steps={cfg.train.max_skipped_steps}): stopping. "
+                    + (f"The last checkpoint, {previous}, holds the last good weights. " if previous else "")
+                    + "Lower optim.lr (or raise optim.warmup_steps), check the data these steps read, or raise "
+                    "train.max_skipped_steps.")
 
-        final = state.step == cfg.train.max_steps
-        if final or stop.signal or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
-            saved_at = _save(ckpt, strategy, loader, state, ident, env)
-        if stop.signal:
-            metrics_log.write(f"signal {stop.signal}: checkpointed step {state.step} at {saved_at}; exiting with "
-                              f"code {REQUEUE_EXIT_CODE} so the job can be requeued")
-            metrics_log.close()
-            stop.restore()
-            return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True, env=env)
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
+                    and (env.is_main or strategy.eval_on_all_ranks):
+                _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
+                strategy.model.train()
+
+            final = state.step == cfg.train.max_steps
+            if final or stopping or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
+                saved_at = _save(ckpt, strategy, loader, state, ident, env)
+                stopping = stopping or env.any(stop.signal is not None)  # a signal that came during the save
+            if stopping:
+                metrics_log.write(f"signal {stop.signal or 'on another rank'}: checkpointed step {state.step} at "
+                                  f"{saved_at}; exiting with code {REQUEUE_EXIT_CODE} so the job can be requeued")
+                metrics_log.close()
+                stop.restore()
+                return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True, env=env)
 
     stop.restore()
-    if ckpt.latest() is None:  # train.max_steps=0: the starting weights as a checkpoint (a conversion)
-        _save(ckpt, strategy, loader, state, ident, env)
-    checkpoint = ckpt.latest()
+    if saved_at is None:  # nothing trained: the resumed checkpoint, or (train.max_steps=0) the weights as they are
+        saved_at = latest if latest is not None else _save(ckpt, strategy, loader, state, ident, env)
+    checkpoint = saved_at
     export_dir = None
     if cfg.run.export:
         full = strategy.full_model()  # every rank: sharded strategies gather onto rank 0
@@ -266,9 +302,26 @@ def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, i
 
 def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState, ident, env) -> Path:
     return ckpt.save(
-        state.step, strategy.save, state, ident, {"rng": rng_state(), "data": loader.state_dict()}, rank=env.rank,
-        barrier=env.barrier, meta={"strategy": strategy.name, "format": strategy.format, "world_size": env.world_size},
+        state.step, strategy.save, state, ident, {"rng": rng_state(), "data": loader.state_dict()}, env=env,
+        meta={"strategy": strategy.name, "format": strategy.format, "world_size": env.world_size},
     )
+
+
+def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
+    """Rank 0 removes what an interrupted save left, verifies the checkpoints newest first (sizes and sha256),
+    sets aside each one that does not verify (logging why) and names the newest good one to every rank."""
+    choice = None
+    if env.is_main:
+        for path in ckpt.clean_stale():
+            logger.info("removed %s, left by an interrupted save", path)
+        for path, reason in ckpt.skipped():
+            moved = ckpt.set_aside(path, reason)
+            logger.warning("checkpoint %s does not verify: %s. Set aside as %s; resuming from an earlier one",
+                           path.name, reason, moved.name)
+        latest = ckpt.latest()
+        choice = str(latest) if latest is not None else None
+    choice = env.gather(choice)[0]
+    return Path(choice) if choice else None
 
 
 def _evaluate(cfg: Config, strategy: Strategy, processor, data, device, step: int, metrics_log: MetricsLogger) -> None:

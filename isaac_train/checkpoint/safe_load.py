@@ -1,0 +1,86 @@
+"""Reading checkpoint files without running code from them.
+
+A pickle can name any importable callable and have it called while loading (`__reduce__`): a checkpoint
+copied from elsewhere, or altered on a shared disk, could run anything as the training user. Everything we read
+back goes through one of these:
+
+- `load_state_file(path)`: torch files (optimizer, scheduler, per-rank RNG and data state) with
+  `torch.load(weights_only=True)`: tensors, numbers, strings and plain containers only.
+- `restricted_unpickle(file, allowed)`: raw pickles (DCP's `.metadata`) with an unpickler that resolves only the
+  listed classes.
+- `weights_only_loads()`: a context in which every `torch.load` (also inside DeepSpeed) loads weights-only, with
+  the few extra classes those files need allowed by name.
+
+A refused file raises `UnsafeCheckpointError` naming it; nothing from it has run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file refers to Python code we do not load; it was refused before anything ran."""
+
+
+def _refusal(path: Path | str, reason: str) -> UnsafeCheckpointError:
+    return UnsafeCheckpointError(
+        f"refusing to load {path}: {reason}. isaac-train checkpoints hold only tensors and plain data, so this "
+        "file was altered or written by something else; nothing from it was run. Restore the file, or remove "
+        "this checkpoint directory to resume from an earlier one.")
+
+
+def load_state_file(path: Path | str, map_location: str = "cpu") -> Any:
+    """A torch.save'd state (optimizer, scheduler, RNG, data position), tensors and plain containers only."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()
+        raise _refusal(path, first[0] if first else "it references Python objects") from None
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, allowed: set[tuple[str, str]], where: str) -> None:
+        super().__init__(file)
+        self.allowed, self.where = allowed, where
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.allowed:
+            raise _refusal(self.where, f"it references {module}.{name}, which a checkpoint never needs")
+        return super().find_class(module, name)
+
+
+def restricted_unpickle(file, allowed: Iterable[tuple[str, str]], where: str) -> Any:
+    """Unpickle `file`, resolving only the (module, name) pairs in `allowed`."""
+    return _RestrictedUnpickler(file, set(allowed), where).load()
+
+
+def restricted_unpickle_bytes(data: bytes, allowed: Iterable[tuple[str, str]], where: str) -> Any:
+    return restricted_unpickle(io.BytesIO(data), allowed, where)
+
+
+@contextlib.contextmanager
+def weights_only_loads(extra_globals: Iterable[Any] = ()) -> Iterator[None]:
+    """Inside: every torch.load loads weights-only, also where a library passes weights_only=False (torch reads
+    TORCH_FORCE_WEIGHTS_ONLY_LOAD on every call), with `extra_globals` allowed by name."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(list(extra_globals)):
+            yield
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()
+        raise _refusal("a DeepSpeed checkpoint file", first[0] if first else "it references Python objects") from None
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
