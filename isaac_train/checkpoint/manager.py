@@ -220,13 +220,13 @@ class CheckpointManager:
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
         self._verified = {k: v for k, v in self._verified.items() if k[0] != final}
-        self._retain(final)
+        self.retain()
 
-    def _retain(self, newest: Path) -> None:
-        """Delete complete checkpoints beyond the last `keep_last`, never the newest one that verifies."""
-        protected = {newest, self.latest(checksums=False)}
+    def retain(self) -> None:
+        """Delete complete checkpoints beyond the last `keep_last`, never the newest one that verifies (sizes)."""
+        protected = self.latest(checksums=False)
         for old in self.complete()[: -self.keep_last]:
-            if old not in protected:
+            if old != protected:
                 shutil.rmtree(old, ignore_errors=True)
 
     def _agree(self, env: DistEnv, error: BaseException | None, tmp: Path, final: Path) -> None:
