@@ -35,8 +35,9 @@ from ..data.loader import reshard_loader_state
 from ..distributed.setup import init_distributed
 from ..distributed.strategy import Strategy, make_strategy
 from ..distributed.watchdog import Watchdog
-from ..metrics.flops import device_peak_flops, model_parts, step_flops
+from ..metrics.flops import device_peak_flops, model_parts
 from ..metrics.logger import MetricsLogger
+from ..metrics.window import StepWindow
 from . import build
 from .evaluate import eval_loss, generate_samples
 
@@ -161,18 +162,17 @@ def train(cfg: Config) -> TrainResult:
                                 project=cfg.logging.project, name=cfg.run.name, progress=cfg.logging.progress)
     metrics_log.write(f"isaac-train: {cfg.recipe or 'custom'} on {device} x {env.world_size} ({strategy.name}), "
                       f"{trainable / 1e6:.2f}M trainable parameters, run dir {run_dir}")
-    parts, peak = model_parts(isaac), device_peak_flops(device)
     trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)
+    window = StepWindow(model_parts(isaac), trains, device_peak_flops(device), loader.data_wait_s)
     stop = StopFlag()
     watchdog = Watchdog(env, cfg.strategy.timeout_s)
     batches = iter(loader)
     last: dict[str, Any] = {}
-    window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0, "wait": loader.data_wait_s}
     saved_at = None
 
     # ---- the loop ----
     strategy.model.train()
-    with watchdog.explain():
+    with watchdog.explain():  # a failed collective names the rank that is behind
         while state.step < cfg.train.max_steps:
             watchdog.beat(state.step + 1)
             start = time.perf_counter()
@@ -189,58 +189,30 @@ def train(cfg: Config) -> TrainResult:
             # one collective: the loss, the token count and whether any rank was asked to stop
             loss_sum, tokens, stopping = env.sum_many([loss_sum, sum(b.num_tokens for b in micro),
                                                        float(stop.signal is not None)])
-            tokens = int(tokens)
+            # not finite on any rank: nothing is updated, on every rank alike
             grad_norm, applied = strategy.step(cfg.train.clip_grad_norm, math.isfinite(loss_sum))
             state.step += 1
             state.skips_in_a_row = 0 if applied else state.skips_in_a_row + 1
-            if not applied:
-                state.skipped_steps += 1
-                metrics_log.write(f"step {state.step}: loss {loss_sum / label_tokens:.4g}, gradient norm {grad_norm:.4g}"
-                                  f" (not finite on some rank): step skipped, nothing updated; {state.skips_in_a_row}"
-                                  f" in a row (train.max_skipped_steps={cfg.train.max_skipped_steps})")
-            state.tokens += tokens
+            state.skipped_steps += 0 if applied else 1
+            state.tokens += int(tokens)
             state.label_tokens += label_tokens
             state.samples += sum(len(row) for b in micro for row in b.sample_keys)
             state.images += sum(int(b.image_grid_hw.shape[0]) for b in micro)
-            elapsed = time.perf_counter() - start
-            window["tokens"] += tokens
-            window["images"] += sum(int(b.image_grid_hw.shape[0]) for b in micro)
-            window["flops"] += sum(step_flops(parts, b, *trains) for b in micro)
-            window["time"] += elapsed
-            window["fill"] += sum(b.fill for b in micro) / len(micro)
-            window["n"] += 1
+            window.add(micro, int(tokens), time.perf_counter() - start)
             metrics_log.advance()
             if cfg.logging.ledger:
                 metrics_log.ledger(state.step, env.gather([k for b in micro for row in b.sample_keys for k in row]))
+            if not applied:
+                metrics_log.write(_skip_message(state, loss_sum / label_tokens, grad_norm, cfg))
 
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or not applied:
-                skipped = {}
-                for counts in env.gather(loader.skip_counts()):
-                    for reason, n in counts.items():
-                        skipped[reason] = skipped.get(reason, 0) + n
-                last = {
-                    "loss": loss_sum / label_tokens, "lr": strategy.lr(), "grad_norm": grad_norm,
-                    "skipped_steps": state.skipped_steps,
-                    "tokens_per_s": window["tokens"] / window["time"], "images_per_s": window["images"] / window["time"],
-                    "packing_efficiency": window["fill"] / window["n"], "step_time_s": window["time"] / window["n"],
-                    "data_wait_s": loader.data_wait_s - window["wait"], "tokens": state.tokens,
-                    "samples": state.samples, "skipped": skipped,
-                    "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30,
-                }
-                if peak:
-                    last["mfu"] = window["flops"] / window["time"] / peak
+                last = {"loss": loss_sum / label_tokens, "lr": strategy.lr(), "grad_norm": grad_norm,
+                        "skipped_steps": state.skipped_steps, **window.record(loader.data_wait_s),
+                        "tokens": state.tokens, "samples": state.samples, "skipped": _skip_counts(loader, env),
+                        "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30}
                 metrics_log.log(state.step, last)
-                window = {"tokens": 0, "images": 0, "flops": 0.0, "time": 0.0, "fill": 0.0, "n": 0,
-                          "wait": loader.data_wait_s}
-
             if state.skips_in_a_row >= cfg.train.max_skipped_steps:
-                previous = ckpt.latest(checksums=False)
-                raise TrainingDiverged(
-                    f"{state.skips_in_a_row} steps in a row (up to step {state.step}) had a non-finite loss or gradient"
-                    f" norm (train.max_skipped_steps={cfg.train.max_skipped_steps}): stopping. "
-                    + (f"The last checkpoint, {previous}, holds the last good weights. " if previous else "")
-                    + "Lower optim.lr (or raise optim.warmup_steps), check the data these steps read, or raise "
-                    "train.max_skipped_steps.")
+                raise TrainingDiverged(_diverged_message(state, cfg, ckpt.latest(checksums=False)))
 
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
                     and (env.is_main or strategy.eval_on_all_ranks):
@@ -251,7 +223,7 @@ def train(cfg: Config) -> TrainResult:
             if final or stopping or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
                 saved_at = _save(ckpt, strategy, loader, state, ident, env)
                 stopping = stopping or env.any(stop.signal is not None)  # a signal that came during the save
-            if stopping:
+            if stopping and not final:
                 metrics_log.write(f"signal {stop.signal or 'on another rank'}: checkpointed step {state.step} at "
                                   f"{saved_at}; exiting with code {REQUEUE_EXIT_CODE} so the job can be requeued")
                 metrics_log.close()
@@ -298,6 +270,29 @@ def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, i
         torch.manual_seed(cfg.train.seed + 7919 * env.rank + 104729 * state.step)
         logger.info("resumed %d-process checkpoint on %d processes", saved_world, env.world_size)
     return state
+
+
+def _skip_counts(loader, env) -> dict[str, int]:
+    """Samples skipped so far by reason, summed over ranks."""
+    total: dict[str, int] = {}
+    for counts in env.gather(loader.skip_counts()):
+        for reason, n in counts.items():
+            total[reason] = total.get(reason, 0) + n
+    return total
+
+
+def _skip_message(state: TrainState, loss: float, grad_norm: float, cfg: Config) -> str:
+    return (f"step {state.step}: loss {loss:.4g}, gradient norm {grad_norm:.4g} (not finite on some rank): step "
+            f"skipped, nothing updated; {state.skips_in_a_row} in a row (train.max_skipped_steps="
+            f"{cfg.train.max_skipped_steps}), {state.skipped_steps} in this run")
+
+
+def _diverged_message(state: TrainState, cfg: Config, previous: Path | None) -> str:
+    return (f"{state.skips_in_a_row} steps in a row (up to step {state.step}) had a non-finite loss or gradient norm "
+            f"(train.max_skipped_steps={cfg.train.max_skipped_steps}): stopping. "
+            + (f"The last checkpoint, {previous}, holds the last good weights. " if previous else "")
+            + "Lower optim.lr (or raise optim.warmup_steps), check the data these steps read, or raise "
+            "train.max_skipped_steps.")
 
 
 def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState, ident, env) -> Path:
