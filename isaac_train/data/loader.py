@@ -8,6 +8,10 @@ skip counts. The main process keeps the state of the last batch *consumed* from 
 re-reading and re-processing the few samples that were waiting in its packer, and rotates the workers so the
 round-robin order of batches continues exactly. Resuming with another world size, worker count or data
 configuration is refused with a message.
+
+Data that yields nothing stops instead of hanging: a source with fewer samples than the job has readers is refused
+at construction (every rank computes the same, so all refuse together), and a reader whose source completes an
+epoch without one usable sample raises NoUsableSamples naming the shards and the skip reasons.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,6 +75,10 @@ class LoaderSpec:
         return hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+class NoUsableSamples(RuntimeError):
+    """A source completed an epoch without a single usable sample for a reader: it would spin forever."""
+
+
 @dataclass
 class ReaderState:
     """Where one reader is: per source (epoch, cursor), mixture draws, pending packer addresses, counts."""
@@ -81,6 +90,10 @@ class ReaderState:
     seen: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    # Per source, in its current epoch: samples that loaded, and skips by reason. Kept in the state so that a resume
+    # in the middle of an epoch still knows whether the epoch has had a usable sample.
+    usable: list[int] = field(default_factory=list)
+    epoch_skipped: list[dict[str, int]] = field(default_factory=list)
 
 
 class _Reader:
@@ -91,8 +104,13 @@ class _Reader:
         self.spec, self.sets, self.processor = spec, shard_sets, processor
         self.reader, self.readers = reader, readers
         n = len(shard_sets)
-        self.state = copy.deepcopy(state) if state else ReaderState(epochs=[0] * n, cursors=[0] * n)
+        self.state = copy.deepcopy(state) if state else ReaderState(epochs=[0] * n, cursors=[0] * n, usable=[0] * n)
+        if len(self.state.usable) != n:  # a checkpoint from before `usable`: assume its epochs had usable samples
+            self.state.usable = [1] * n
+        if len(self.state.epoch_skipped) != n:
+            self.state.epoch_skipped = [{} for _ in range(n)]
         self.skipped = Counter(self.state.skipped)
+        self.examples: list[dict[str, str]] = [{} for _ in range(n)]  # per source: one skip message per reason
         self.packer = Packer(spec.seq_len, spec.rows_per_batch, processor.tokenizer.pad_token_id,
                              spec.max_patches_per_row, spec.pack_buffer)
 
@@ -113,14 +131,32 @@ class _Reader:
                 return None
             epoch, cursor = self.state.epochs[source], self.state.cursors[source]
             if cursor >= len(self._order(source, epoch)):
+                if self.state.usable[source] == 0:
+                    raise self._no_usable_samples(source, epoch, cursor)
                 self.state.epochs[source] += 1
                 self.state.cursors[source] = 0
+                self.state.usable[source], self.state.epoch_skipped[source], self.examples[source] = 0, {}, {}
                 continue  # the same draw picks again among the still-active sources
             self.state.draws += 1
             self.state.cursors[source] += 1
             return source, epoch, cursor
 
-    def _load(self, address: tuple[int, int, int]) -> PackItem | None:
+    def _no_usable_samples(self, source: int, epoch: int, tried: int) -> NoUsableSamples:
+        shards, examples = self.sets[source], self.examples[source]
+        reasons = [f"  {reason}: {n}" + (f", e.g. {examples[reason]}" if reason in examples else "")
+                   for reason, n in sorted(self.state.epoch_skipped[source].items(), key=lambda kv: -kv[1])]
+        target = shards.spec if isinstance(shards.spec, (str, Path)) else Path(shards.tars[0]).parent
+        return NoUsableSamples("\n".join([
+            f"no usable sample in epoch {epoch} of data source '{self.spec.sources[source].name}': loader reader "
+            f"{self.reader} of {self.readers} tried {tried} samples and skipped them all.",
+            f"  shards: {shards.describe()}", *reasons,
+            f"Run `isaac-data validate {target}` to see each bad sample, then fix the shards or leave them out of "
+            "data.train_shards / data.eval_shards.",
+        ]))
+
+    def _load(self, address: tuple[int, int, int], fresh: bool = True) -> PackItem | None:
+        """The sample at `address` packed-ready, or None when it is skipped (counted by reason). `fresh`: its first
+        read (not a pending sample re-read at resume), so it counts in its epoch's usable/skip tallies."""
         source, epoch, index = address
         shard, position = (int(x) for x in self._order(source, epoch)[index])
         ref = self.sets[source].ref(shard, position)
@@ -130,15 +166,21 @@ class _Reader:
             item = item_from_sample(sample, address, f"{self.spec.sources[source].name}/{ref.key}")
             if not self.packer.fits(item):
                 raise SkipSample("too_long", f"{item.patches} patches exceed max_patches_per_row")
-            return item
         except (SkipSample, SampleReadError) as err:
             self.skipped[err.reason] += 1
             logger.debug("skip %s (%s): %s", ref.key, err.reason, err)
+            if fresh:
+                tally = self.state.epoch_skipped[source]
+                tally[err.reason] = tally.get(err.reason, 0) + 1
+                self.examples[source].setdefault(err.reason, f"{Path(ref.shard).name} {ref.key}: {str(err)[:200]}")
             return None
+        if fresh:
+            self.state.usable[source] += 1
+        return item
 
     def batches(self) -> Iterator[PackedBatch]:
         for address in self.state.pending:  # samples that were waiting in the packer at the checkpoint
-            item = self._load(tuple(address))
+            item = self._load(tuple(address), fresh=False)
             if item is not None:
                 self.packer.add(item)
         while True:
@@ -197,11 +239,26 @@ class PackedLoader:
     def __init__(self, spec: LoaderSpec, processor: IsaacProcessor, rank: int = 0, world_size: int = 1) -> None:
         self.spec, self.rank, self.world_size = spec, rank, world_size
         self.dataset = PackedDataset(spec, processor, rank, world_size)
+        self._refuse_empty_readers()
         self.fingerprint = spec.fingerprint(self.dataset.shard_sets)
         self.consumed = 0
         self.states: list[ReaderState | None] = [None] * self.dataset.slots
         self.data_wait_s = 0.0
         self._iter: Iterator[PackedBatch] | None = None
+
+    def _refuse_empty_readers(self) -> None:
+        """Reader c of C takes every C-th sample of a source (order.py): a source with fewer than C samples leaves
+        some reader, on some rank, with nothing, and that rank would hang the others. Every rank refuses alike."""
+        readers = self.world_size * self.dataset.slots
+        for source, shards in zip(self.spec.sources, self.dataset.shard_sets, strict=True):
+            if len(shards) < readers:
+                raise ValueError(
+                    f"data source '{source.name}' [{shards.describe()}] holds {len(shards)} sample(s) but the job has "
+                    f"{readers} loader readers ({self.world_size} processes x data.num_workers={self.spec.num_workers}"
+                    f"{' (counted as 1)' if self.spec.num_workers == 0 else ''}), and each reader needs at least one "
+                    f"sample of every source. Run fewer processes, lower data.num_workers, or give this source at "
+                    f"least {readers} samples."
+                )
 
     def _dataloader(self) -> DataLoader:
         workers = self.spec.num_workers
@@ -224,11 +281,19 @@ class PackedLoader:
                 batch = next(it)
             except StopIteration:
                 return
+            except NoUsableSamples as err:  # from a worker, torch puts its traceback first: the message goes first
+                failure = _worker_message(err)
+                err.with_traceback(None)  # torch's reraise leaves it in a cycle with its frames, which hold `it`
+                break
             self.data_wait_s += time.perf_counter() - start
             self.states[batch.meta["slot"]] = batch.meta.pop("state")
             self.consumed += 1
             self._check_error_rate()
             yield batch
+        # Freed here (not by a later garbage collection) the DataLoader iterator stops its workers at once; left to
+        # the collector, its shutdown takes 5 s per worker.
+        del it
+        raise NoUsableSamples(failure)
 
     # ---- accounting --------------------------------------------------------------------------------------
 
@@ -279,6 +344,16 @@ class PackedLoader:
             )
         self.consumed = state["consumed"]
         self.states = [ReaderState(**s) if s is not None else None for s in state["readers"]]
+
+
+def _worker_message(err: NoUsableSamples) -> str:
+    """The reader's own message, out of the text torch makes for an exception raised in a DataLoader worker
+    ("Caught NoUsableSamples in DataLoader worker process 0. Original Traceback ...: <message>")."""
+    text = str(err)
+    marker = f"{NoUsableSamples.__name__}: "
+    if not text.startswith("Caught ") or marker not in text:
+        return text
+    return text.rsplit(marker, 1)[1].strip()
 
 
 def reshard_loader_state(saved: list[dict[str, Any]], rank: int, world_size: int, num_workers: int) -> dict[str, Any]:

@@ -167,6 +167,12 @@ class ShardSet:
         s = self.manifests[shard]["samples"][position]
         return SampleRef(str(self.tars[shard]), position, s["key"], s["offset"], s["length"])
 
+    def describe(self, listed: int = 3) -> str:
+        """The spec as the user gave it, the shard count and the first shard paths, for error messages."""
+        paths = ", ".join(str(t) for t in self.tars[:listed]) + (", ..." if len(self.tars) > listed else "")
+        spec = self.spec if isinstance(self.spec, (str, Path)) else "a list of shards"
+        return f"{spec} ({len(self.tars)} shard{'s' if len(self.tars) != 1 else ''}: {paths})"
+
     def fingerprint(self) -> str:
         """Identity of the data (shard names, counts, checksums), for refusing a resume on other data."""
         h = hashlib.sha256()
