@@ -226,8 +226,10 @@ class CheckpointManager:
         """Delete complete checkpoints beyond the last `keep_last`, never the newest one that verifies (sizes)."""
         protected = self.latest(checksums=False)
         for old in self.complete()[: -self.keep_last]:
-            if old != protected:
-                shutil.rmtree(old, ignore_errors=True)
+            if old != protected:  # renamed first: an interrupted deletion leaves `.old_*`, never half a checkpoint
+                doomed = self.root / f".old_{old.name}"
+                os.replace(old, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
 
     def _agree(self, env: DistEnv, error: BaseException | None, tmp: Path, final: Path) -> None:
         """Every rank learns whether any rank failed; then the partial directory goes and all raise."""

@@ -8,8 +8,12 @@ back goes through one of these:
   `torch.load(weights_only=True)`: tensors, numbers, strings and plain containers only.
 - `restricted_unpickle(file, allowed)`: raw pickles (DCP's `.metadata`) with an unpickler that resolves only the
   listed classes.
-- `weights_only_loads()`: a context in which every `torch.load` (also inside DeepSpeed) loads weights-only, with
-  the few extra classes those files need allowed by name.
+- `weights_only_loads()`: a context in which every `torch.load` (also inside DeepSpeed and DCP) loads
+  weights-only, with the few extra classes those files need allowed by name.
+- `check_dcp(dir)` / `dcp_reader(dir)`: DCP's `.metadata` (a plain pickle torch reads unrestricted) through the
+  restricted unpickler, before and during `dcp.load`.
+- `deepspeed_loads(dir)`: every torch file of a DeepSpeed checkpoint scanned for the classes it names (only
+  DeepSpeed's loss scaler, ZeRO stage enum and fragment address are allowed), then loaded weights-only.
 
 A refused file raises `UnsafeCheckpointError` naming it; nothing from it has run.
 """
@@ -67,6 +71,67 @@ def restricted_unpickle_bytes(data: bytes, allowed: Iterable[tuple[str, str]], w
     return restricted_unpickle(io.BytesIO(data), allowed, where)
 
 
+def _dcp_globals() -> set[tuple[str, str]]:
+    """What DCP's `.metadata` pickle names: its own metadata classes, torch sizes, dtypes and layouts, paths."""
+    import torch.distributed.checkpoint.metadata as metadata
+
+    allowed = {("torch.distributed.checkpoint.metadata", name) for name, value in vars(metadata).items()
+               if isinstance(value, type) or name.startswith("_MEM_FORMAT")}
+    allowed |= {("torch", name) for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+    allowed |= {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                ("pathlib", "PurePosixPath"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                ("collections", "OrderedDict")}
+    return allowed
+
+
+def check_dcp(directory: Path | str) -> None:
+    """Refuse a DCP checkpoint whose `.metadata` names anything but DCP's own metadata classes."""
+    path = Path(directory) / ".metadata"
+    with open(path, "rb") as f:
+        restricted_unpickle(f, _dcp_globals(), str(path))
+
+
+def dcp_reader(directory: Path | str):
+    """A FileSystemReader that reads `.metadata` through the restricted unpickler (use inside weights_only_loads,
+    which covers the data files and the non-tensor entries)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class RestrictedReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as f:
+                metadata = restricted_unpickle(f, _dcp_globals(), str(path))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return RestrictedReader(str(directory))
+
+
+def _deepspeed_globals() -> list[Any]:
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def deepspeed_loads(directory: Path | str) -> Iterator[None]:
+    """Inside: DeepSpeed reads its checkpoint under `directory` weights-only; each file was first scanned for the
+    classes it names, and one naming anything beyond DeepSpeed's few state classes is refused by name."""
+    allowed = _deepspeed_globals()
+    with torch.serialization.safe_globals(allowed):
+        for path in sorted(Path(directory).rglob("*.pt")):
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            if unsafe:
+                raise _refusal(path, f"it references {', '.join(unsafe[:3])}")
+    with weights_only_loads(allowed):
+        yield
+
+
 @contextlib.contextmanager
 def weights_only_loads(extra_globals: Iterable[Any] = ()) -> Iterator[None]:
     """Inside: every torch.load loads weights-only, also where a library passes weights_only=False (torch reads
@@ -78,7 +143,7 @@ def weights_only_loads(extra_globals: Iterable[Any] = ()) -> Iterator[None]:
             yield
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()
-        raise _refusal("a DeepSpeed checkpoint file", first[0] if first else "it references Python objects") from None
+        raise _refusal("a checkpoint file", first[0] if first else "it references Python objects") from None
     finally:
         if previous is None:
             os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint.safe_load import load_state_file
+from ..checkpoint.safe_load import check_dcp, dcp_reader, load_state_file, weights_only_loads
 from .setup import DistEnv
 
 ModelFactory = Callable[[torch.device | str], nn.Module]
@@ -220,9 +220,11 @@ def load_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    check_dcp(directory / "dcp")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    dcp.load(state, checkpoint_id=str(directory / "dcp"))
+    with weights_only_loads():
+        dcp.load(state, storage_reader=dcp_reader(directory / "dcp"))
     set_states(model, optimizer, state["model"], state["optimizer"], directory)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ..checkpoint.safe_load import deepspeed_loads
 from .strategy import Strategy, unsupported_format
 
 TAG = "deepspeed"
@@ -124,10 +125,16 @@ class ZeroStrategy(Strategy):
             self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
 
     def step(self, max_norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
-        self.engine.step()  # boundary: reduce, clip (gradient_clipping), update, zero gradients
-        self.scheduler.step()
+        """DeepSpeed's boundary step: reduce, clip (gradient_clipping), update, zero gradients. Its ZeRO
+        optimizers skip the update themselves when the global gradient norm is not finite (fp32 and bf16 too:
+        compute_grad_norm), leaving weights and Adam state as they were; then our schedule does not move either.
+        A NaN loss makes the gradients NaN (its backward multiplies by it), so the loss needs no check of its own."""
+        self.engine.step()
+        applied = bool(self.engine.was_step_applied())
+        if applied:
+            self.scheduler.step()
         norm = self.engine.get_global_grad_norm()
-        return (float(norm) if norm is not None else float("nan")), True
+        return (float(norm) if norm is not None else float("nan")), applied
 
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)
@@ -142,8 +149,9 @@ class ZeroStrategy(Strategy):
                 f"checkpoint {directory} was written by {meta['world_size']} processes with DeepSpeed; ZeRO "
                 f"partitions resume on the same number ({self.env.world_size} now). Start "
                 f"{meta['world_size']} processes, or export the checkpoint and start a new run from it.")
-        path, _ = self.engine.load_checkpoint(str(directory), tag=TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+        with deepspeed_loads(directory / TAG):
+            path, _ = self.engine.load_checkpoint(str(directory), tag=TAG, load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
         if path is None:
             raise ValueError(f"DeepSpeed found no checkpoint under {directory / TAG}")
         self.load_scheduler(directory)

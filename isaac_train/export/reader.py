@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from ..checkpoint.safe_load import check_dcp, dcp_reader, deepspeed_loads, load_state_file, weights_only_loads
 from ..config.schema import Config, validate
 
 
@@ -37,16 +38,27 @@ class TrainedRun:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory, its checkpoints/ directory, `latest` or a step directory -> the step directory."""
+    """A run directory, its checkpoints/ directory or `latest` -> the newest checkpoint there that verifies
+    (newer ones that do not are logged and skipped); a step directory -> itself, if it verifies."""
+    from ..checkpoint.integrity import verify
+    from ..checkpoint.manager import CheckpointManager
+
     path = Path(path)
-    for candidate in (path, path / "checkpoints"):
-        if (candidate / "latest").exists():
-            return (candidate / "latest").resolve()
-    if (path / "trainer_state.json").is_file() and (path / "COMPLETE").is_file():
+    if path.name == "latest" and path.is_symlink():
+        path = path.parent
+    for root in (path, path / "checkpoints"):
+        manager = CheckpointManager(root)
+        if manager.complete():
+            latest = manager.latest()
+            if latest is None:
+                raise ValueError(f"no checkpoint under {root} verifies: " + "; ".join(
+                    f"{p.name}: {reason}" for p, reason in manager.skipped()))
+            return latest.resolve()
+    if (path / "trainer_state.json").is_file() or (path / "COMPLETE").is_file():
+        reason = verify(path)
+        if reason is not None:
+            raise ValueError(f"checkpoint {path} cannot be used: {reason}. Export another step (checkpoints/step_N)")
         return path.resolve()
-    if (path / "trainer_state.json").is_file():
-        raise ValueError(f"{path} is an incomplete checkpoint (no COMPLETE marker): the run stopped while writing it; "
-                         "export an earlier step")
     raise FileNotFoundError(f"no checkpoint at {path}: give a run directory (run.output_dir), its checkpoints/ "
                             "directory or a checkpoints/step_NNNNNNN directory")
 
@@ -71,17 +83,20 @@ def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
     elif fmt == "dcp":
         import torch.distributed.checkpoint as dcp
 
+        check_dcp(checkpoint / "dcp")
         model.to_empty(device="cpu")
         state = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
-        dcp.load({"model": state}, checkpoint_id=str(checkpoint / "dcp"), no_dist=True)
+        with weights_only_loads():
+            dcp.load({"model": state}, storage_reader=dcp_reader(checkpoint / "dcp"), no_dist=True)
     elif fmt == "deepspeed":
         try:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         except ImportError as err:
             raise ImportError("this checkpoint was written by DeepSpeed: pip install 'isaac-train[deepspeed]' to "
                               "read it") from err
-        state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="deepspeed")
-        _add_frozen_from_module_states(state, checkpoint / "deepspeed", model)
+        with deepspeed_loads(checkpoint / "deepspeed"):
+            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="deepspeed")
+            _add_frozen_from_module_states(state, checkpoint / "deepspeed", model)
     else:
         raise ValueError(f"checkpoint {checkpoint} has an unknown format {fmt!r} (expected full, dcp or deepspeed)")
     expected = set(model.state_dict())
@@ -101,7 +116,7 @@ def _add_frozen_from_module_states(state: dict[str, torch.Tensor], directory: Pa
     files = sorted(directory.glob("mp_rank_*_model_states.pt"))
     if not missing or not files:
         return
-    module = torch.load(files[0], map_location="cpu", weights_only=False).get("module", {})
+    module = load_state_file(files[0]).get("module", {})
     for key in missing:
         if key in module and module[key].shape == shapes[key]:
             state[key] = module[key]

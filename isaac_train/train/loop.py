@@ -304,7 +304,8 @@ def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState
 
 def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
     """Rank 0 removes what an interrupted save left, verifies the checkpoints newest first (sizes and sha256),
-    sets aside each one that does not verify (logging why) and names the newest good one to every rank."""
+    sets aside each one that does not verify (logging why), finishes an interrupted retention and names the
+    newest good one to every rank."""
     choice = None
     if env.is_main:
         for path in ckpt.clean_stale():
@@ -313,6 +314,7 @@ def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
             moved = ckpt.set_aside(path, reason)
             logger.warning("checkpoint %s does not verify: %s. Set aside as %s; resuming from an earlier one",
                            path.name, reason, moved.name)
+        ckpt.retain()
         latest = ckpt.latest()
         choice = str(latest) if latest is not None else None
     choice = env.gather(choice)[0]

@@ -4,7 +4,7 @@ SIGKILL of this process, a NaN in the loss the backward really sees, a rank that
 
     FAULT_KILL_SAVE="SAVE:EVENT[:RANK]"  SIGKILL at the EVENT-th line executed inside the SAVE-th checkpoint save
                                          (counted in isaac_train's own code), on RANK (default 0)
-    FAULT_COUNT_SAVES=FILE               write the number of line events of every save to FILE (JSON list)
+    FAULT_COUNT_SAVES=FILE               write the number of line events of every save to FILE.rankR (JSON list)
     FAULT_NAN="RANK:STEP[,STEP...]"      multiply that rank's loss by NaN in those steps
     FAULT_STALL="RANK:STEP"              that rank sleeps for an hour at the start of that step's forward
     FAULT_RAISE="RANK:STEP"              that rank raises at that step's forward
@@ -102,8 +102,8 @@ def _install() -> None:
                 return save(self, *args, **kwargs)
             finally:
                 sys.settrace(None)
-                if count_file and RANK == 0:
-                    Path(count_file).write_text(json.dumps(counts))
+                if count_file:
+                    Path(f"{count_file}.rank{RANK}").write_text(json.dumps(counts))
 
         manager.CheckpointManager.save = traced_save
 
