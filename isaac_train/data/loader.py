@@ -20,6 +20,9 @@ import copy
 import hashlib
 import json
 import logging
+import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -269,6 +272,7 @@ class PackedLoader:
             # its own generator: creating the iterator must not draw from the global RNG (dropout, LoRA), or a
             # resumed run would diverge from an uninterrupted one
             generator=torch.Generator().manual_seed(self.spec.seed),
+            worker_init_fn=ignore_stop_signals if workers else None,
         )
 
     def __iter__(self) -> Iterator[PackedBatch]:
@@ -344,6 +348,22 @@ class PackedLoader:
             )
         self.consumed = state["consumed"]
         self.states = [ReaderState(**s) if s is not None else None for s in state["readers"]]
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """In each DataLoader worker: SIGTERM / SIGUSR1 from anyone but the main process are for the training
+    process. A batch system (or torchrun) signals the whole process group; a worker that died of it would end
+    the run before its checkpoint. SIGTERM from the main process still ends the worker at once, as torch's own
+    handler does (its shutdown path), and the worker still exits when the main process dies (torch's watchdog)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
+
+    def wait_for_parent() -> None:
+        while True:
+            if signal.sigwaitinfo({signal.SIGTERM}).si_pid == os.getppid():
+                os._exit(0)
+
+    threading.Thread(target=wait_for_parent, name="sigterm-from-parent", daemon=True).start()
 
 
 def _worker_message(err: NoUsableSamples) -> str:

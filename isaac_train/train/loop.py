@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -226,6 +227,8 @@ def train(cfg: Config) -> TrainResult:
             if stopping and not final:
                 metrics_log.write(f"signal {stop.signal or 'on another rank'}: checkpointed step {state.step} at "
                                   f"{saved_at}; exiting with code {REQUEUE_EXIT_CODE} so the job can be requeued")
+                if env.is_main:
+                    _record_requeue(state.step, saved_at)
                 metrics_log.close()
                 stop.restore()
                 return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True, env=env)
@@ -270,6 +273,14 @@ def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, i
         torch.manual_seed(cfg.train.seed + 7919 * env.rank + 104729 * state.step)
         logger.info("resumed %d-process checkpoint on %d processes", saved_world, env.world_size)
     return state
+
+
+def _record_requeue(step: int, checkpoint: Path) -> None:
+    """torchrun exits 1 whatever its workers return: for the launch scripts, rank 0 writes the requeue code to
+    $ISAAC_EXIT_FILE (when set) once the checkpoint is committed."""
+    path = os.environ.get("ISAAC_EXIT_FILE")
+    if path:
+        Path(path).write_text(json.dumps({"exit_code": REQUEUE_EXIT_CODE, "step": step, "checkpoint": str(checkpoint)}))
 
 
 def _skip_counts(loader, env) -> dict[str, int]:
