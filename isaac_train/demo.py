@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 import isaac_train  # noqa: F401  (Auto classes)
+from isaac_train.config.schema import ConfigError
 from isaac_train.processing.grounding import parse_grounding
-from isaac_train.train.cli import compose_config
+from isaac_train.train.cli import compose_config, report_config_error
 from isaac_train.train.evaluate import answer, eval_conversations
 from isaac_train.train.loop import exit_code, train
 
@@ -71,7 +72,10 @@ def held_out_accuracy(export_dir: Path, eval_dir: str, n: int, show: int = 8) ->
 
 def main(argv: list[str] | None = None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    cfg = compose_config(overrides)
+    try:
+        cfg = compose_config(overrides)
+    except ConfigError as err:
+        return report_config_error(err)
     result = train(cfg)
     if exit_code(result):
         return exit_code(result)

@@ -1,8 +1,10 @@
-"""Small real shard sets for data tests: chat samples with PNG/JPEG images, written with ShardWriter."""
+"""Small real shard sets for data tests (chat samples with PNG/JPEG images, written with ShardWriter), and
+checkpoint-shaped directories for the checks made before a run starts."""
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -42,4 +44,27 @@ def make_chat_shards(out: Path, n: int, per_shard: int = 10, seed: int = 0, pref
         sample, images = chat_sample(i, rng)
         writer.write(f"{prefix}{i:06d}", sample, images)
     writer.close()
+    return out
+
+
+ISAAC_KEYS = ("model.embed_tokens.weight", "model.vision_embedding.0.embeddings.patch_embedding.weight",
+              "model.vision_embedding.1.weight", "lm_head.weight")
+
+
+def make_checkpoint(out: Path, config: dict | None = None, keys: tuple[str, ...] = ISAAC_KEYS) -> Path:
+    """A directory shaped like a checkpoint: config.json (tiny Isaac's unless `config` is given), the tiny
+    tokenizer and a model.safetensors holding `keys` as 2x2 tensors. Enough for the path checks; not a model."""
+    import torch
+    from safetensors.torch import save_file
+
+    from isaac_train.model.tiny import tiny_config
+    from isaac_train.processing.tiny_tokenizer import build_tiny_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    if config is None:
+        tiny_config().save_pretrained(out)
+    else:
+        (out / "config.json").write_text(json.dumps(config))
+    build_tiny_tokenizer().save_pretrained(out)
+    save_file({k: torch.zeros(2, 2) for k in keys}, str(out / "model.safetensors"))
     return out

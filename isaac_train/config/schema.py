@@ -19,7 +19,8 @@ class ModelConfig:
     """Which Isaac to train and how it runs."""
 
     pretrained: str | None = None  # a checkpoint directory (Perceptron's or ours); None builds `size` from scratch
-    size: str = "small"  # tiny | small: built-in configs for tests and the CPU demo (model/tiny.py)
+    size: str = "small"  # tiny | small: built-in configs for tests and the CPU demo (model/tiny.py); pretrained:
+    # (model=isaac, the fine-tuning recipes) model.pretrained must be set
     attn_backend: str = "auto"  # auto | sdpa | eager | varlen | flash_attn
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each decoder and vision block
@@ -155,6 +156,8 @@ def _check(ok: bool, key: str, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Check every setting once, up front. Raises ConfigError naming the key to change."""
     m, d, t, o, p = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.peft
+    _check(m.pretrained is not None or m.size != "pretrained", "model.pretrained",
+           "must be set: model=isaac and the fine-tuning recipes start from a checkpoint (model.pretrained=/ckpt/DIR)")
     _check(m.pretrained is not None or m.size in ("tiny", "small"), "model.size",
            f"{m.size!r} is not a built-in size (tiny, small); set model.pretrained=/path/to/checkpoint instead")
     _check(m.attn_backend in ("auto", "sdpa", "eager", "varlen", "flash_attn"), "model.attn_backend",

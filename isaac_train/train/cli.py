@@ -2,40 +2,98 @@
 
     isaac-train                                   # the demo_cpu recipe
     isaac-train recipe=sft_lora model.pretrained=/ckpt/Isaac-0.1 data.train_shards=/data/sft run.output_dir=/runs/a
-    isaac-train recipe=sft_full --cfg job         # print the resolved config and exit
+    isaac-train recipe=sft_full --cfg job         # print the resolved config and exit (paths are not checked)
+
+A wrong setting ends the command before anything starts with one line naming the key, `isaac-train: KEY: what
+is wrong`, and exit code 2; HYDRA_FULL_ERROR=1 shows the trace instead.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from ..config.schema import Config, validate
+from ..config.checks import check_keys, check_paths
+from ..config.hydra_errors import as_config_error
+from ..config.schema import Config, ConfigError, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# Shard specs whose braces Hydra's grammar would read as a dict: data.train_shards=/data/sft-{000000..000127}.tar
+_BRACED_SHARDS = re.compile(r"^(\+{0,2}data\.(?:train|eval)_shards=)([^'\"\[].*\{.*)$")
+# Hydra's flags that print something other than our config, or compose it some other way: not checked here
+_NOT_CHECKED = ("help", "hydra_help", "info", "shell_completion", "multirun", "config_path", "config_dir",
+                "experimental_rerun")
 
 
 def register_schema() -> None:
     ConfigStore.instance().store(name="schema", node=Config)
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """Typed, validated Config from Hydra's composition (raises ConfigError naming the key)."""
-    config = OmegaConf.to_object(cfg)
+def to_config(cfg: DictConfig, check_files: bool = True) -> Config:
+    """Typed, validated Config from Hydra's composition (raises ConfigError naming the key). `check_files`:
+    also check that the shards, checkpoint and processor it names exist and hold what the run reads."""
+    try:
+        check_keys(cfg)
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise as_config_error(err, []) from err
     validate(config)
+    if check_files:
+        check_paths(config)
     return config
 
 
-def compose_config(overrides: list[str] | None = None) -> Config:
-    """Compose configs/train.yaml with overrides, as the command line would (tests, notebooks, dry runs)."""
+def quote_shard_patterns(overrides: list[str]) -> list[str]:
+    """Quote brace patterns in data.train_shards / data.eval_shards for Hydra, as the shell passes them."""
+    return [_BRACED_SHARDS.sub(lambda m: m[1] + "'" + m[2].replace("'", "\\'") + "'", o) for o in overrides]
+
+
+def compose_config(overrides: list[str] | None = None, check_files: bool = True,
+                   config_name: str = "train") -> Config:
+    """Compose configs/train.yaml with overrides, as the command line would (tests, notebooks, dry runs).
+    Every problem, Hydra's included, raises ConfigError naming the key."""
+    overrides = quote_shard_patterns(list(overrides or []))
     register_schema()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return to_config(compose("train", overrides=list(overrides or [])))
+    try:
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise as_config_error(err, overrides) from err
+    return to_config(cfg, check_files=check_files)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and check the config of this command line once, before Hydra runs it: a problem prints one line
+    and exits with code 2 (the trace with HYDRA_FULL_ERROR=1). `--cfg` skips the path checks."""
+    from hydra._internal.utils import get_args_parser  # Hydra's own parser: the same flags, the same errors
+
+    args = get_args_parser().parse_args(argv)
+    if any(getattr(args, flag) for flag in _NOT_CHECKED):
+        return
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        compose_config(overrides, check_files=args.cfg is None, config_name=args.config_name or "train")
+    except ConfigError as err:
+        sys.exit(report_config_error(err))
+
+
+def report_config_error(err: ConfigError) -> int:
+    """Print `isaac-train: KEY: what is wrong` on stderr and return exit code 2 (re-raise with HYDRA_FULL_ERROR=1,
+    as Hydra shows its own traces)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops here; one says why
+        print(f"isaac-train: {err}", file=sys.stderr)
+    return 2
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -53,6 +111,8 @@ def main() -> None:
     if not CONFIG_DIR.is_dir():
         sys.exit(f"isaac-train: configs not found at {CONFIG_DIR}; install the package from a clone (pip install -e .)")
     register_schema()
+    sys.argv[1:] = quote_shard_patterns(sys.argv[1:])
+    check_command_line(sys.argv[1:])
     _main()
 
 

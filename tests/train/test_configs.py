@@ -9,8 +9,22 @@ import pytest
 from isaac_train.config.schema import ConfigError
 from isaac_train.train.cli import CONFIG_DIR, compose_config
 
+from ..data_helpers import make_chat_shards, make_checkpoint
+
 RECIPES = sorted(p.stem for p in (CONFIG_DIR.parent / "recipes").glob("*.yaml"))
-NEEDS = ["model.pretrained=/ckpt/Isaac-0.1", "data.train_shards=/data/sft"]
+NEEDS = ["model.pretrained=/ckpt/Isaac-0.1", "data.train_shards=/data/sft"]  # --cfg job prints, checks no path
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, Path]:
+    """A checkpoint-shaped directory and real shards: composing checks that the paths it names exist."""
+    root = tmp_path_factory.mktemp("paths")
+    return {"ckpt": make_checkpoint(root / "Isaac-0.1"), "shards": make_chat_shards(root / "sft", n=4, per_shard=2)}
+
+
+@pytest.fixture(scope="module")
+def needs(paths) -> list[str]:
+    return [f"model.pretrained={paths['ckpt']}", f"data.train_shards={paths['shards']}"]
 
 
 def test_the_recipes_we_document_exist():
@@ -18,8 +32,8 @@ def test_the_recipes_we_document_exist():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_every_recipe_composes_and_validates(recipe):
-    cfg = compose_config([f"recipe={recipe}"] + ([] if recipe == "demo_cpu" else NEEDS))
+def test_every_recipe_composes_and_validates(recipe, needs):
+    cfg = compose_config([f"recipe={recipe}"] + ([] if recipe == "demo_cpu" else needs))
     assert cfg.recipe == recipe
     header = (CONFIG_DIR.parent / "recipes" / f"{recipe}.yaml").read_text().splitlines()
     assert header[0] == "# @package _global_" and header[1].startswith(f"# {recipe}")
@@ -27,17 +41,19 @@ def test_every_recipe_composes_and_validates(recipe):
 
 
 @pytest.mark.parametrize("group", ["model", "data", "strategy", "optim", "peft", "logging"])
-def test_every_group_option_composes(group):
+def test_every_group_option_composes(group, paths):
     for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
-        extra = {"model": {"isaac": ["model.pretrained=/ckpt"]}, "peft": {"lora": ["model.train_decoder=lora"]}}
+        extra = {"model": {"isaac": [f"model.pretrained={paths['ckpt']}"]},
+                 "peft": {"lora": ["model.train_decoder=lora"]}}
         compose_config([f"{group}={option}", *extra.get(group, {}).get(option, [])])
 
 
-def test_the_stable_keys_exist():
-    cfg = compose_config(["recipe=sft_lora", *NEEDS, "data.eval_shards=/data/eval", "strategy=single", "peft=lora",
-                          "train.max_steps=70", "train.seq_len=2048", "train.seed=3", "run.output_dir=/runs/x"])
-    assert (cfg.model.pretrained, cfg.data.train_shards, cfg.data.eval_shards) == ("/ckpt/Isaac-0.1", "/data/sft",
-                                                                                   "/data/eval")
+def test_the_stable_keys_exist(paths, needs):
+    cfg = compose_config(["recipe=sft_lora", *needs, f"data.eval_shards={paths['shards']}/index.json",
+                          "strategy=single", "peft=lora", "train.max_steps=70", "train.seq_len=2048", "train.seed=3",
+                          "run.output_dir=/runs/x"])
+    assert (cfg.model.pretrained, cfg.data.train_shards, cfg.data.eval_shards) == (
+        str(paths["ckpt"]), str(paths["shards"]), f"{paths['shards']}/index.json")
     assert (cfg.strategy.name, cfg.peft.kind, cfg.train.max_steps, cfg.train.seq_len, cfg.train.seed,
             cfg.run.output_dir) == ("single", "lora", 70, 2048, 3, "/runs/x")
 
