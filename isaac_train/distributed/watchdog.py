@@ -4,10 +4,11 @@
 - re-arms faulthandler: a step (data, forward, backward, collectives, saving) that has not ended after
   `strategy.timeout_s` + a minute dumps every thread's stack to stderr and exits with code 1, so a stalled rank
   leaves by itself instead of holding its node;
-- records "step, time" under `isaac/heartbeat/<rank>` in the process group's store (torchrun's rendezvous
+- records "step, time" under `isaac/<attempt>/heartbeat/<rank>` in the process group's store (torchrun's rendezvous
   store, which outlives any one rank).
-When a collective fails (a peer died, or it timed out after `strategy.timeout_s`), `explain()` turns the error
-into one that names the ranks that are behind or gone, from those heartbeats.
+Inside `explain()`, any error a rank raises is recorded under `isaac/<attempt>/error/<rank>`; when a collective fails (a
+peer died, or it timed out after `strategy.timeout_s`) the error is re-raised naming the other ranks' errors, or
+the ranks that reported none (stalled, or killed), with where their heartbeats last were.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from .setup import DistEnv
 
 logger = logging.getLogger(__name__)
 GRACE_S = 60  # beyond the collective timeout, so that the collective's own error (naming ranks) comes first
+REPORT_WAIT_S = 3.0
 
 
 class RankFailure(RuntimeError):
@@ -34,6 +38,8 @@ class RankFailure(RuntimeError):
 class Watchdog:
     def __init__(self, env: DistEnv, timeout_s: float) -> None:
         self.env, self.timeout_s = env, timeout_s
+        # keys of this attempt only: torchrun's store outlives a restart of the workers (--max-restarts)
+        self.prefix = f"isaac/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self.store = None
         if env.distributed:
             with contextlib.suppress(Exception):
@@ -43,50 +49,63 @@ class Watchdog:
         faulthandler.dump_traceback_later(self.timeout_s + GRACE_S, exit=True, file=sys.stderr)
         if self.store is not None:
             with contextlib.suppress(Exception):
-                self.store.set(self._key(self.env.rank), f"{step} {time.time():.3f}")
+                self.store.set(f"{self.prefix}/heartbeat/{self.env.rank}", f"{step} {time.time():.3f}")
 
     def stop(self) -> None:
         faulthandler.cancel_dump_traceback_later()
-
-    def _key(self, rank: int) -> str:
-        return f"isaac/heartbeat/{rank}"
 
     def positions(self) -> dict[int, tuple[int, float] | None]:
         """rank -> (step it last started, when) from the store; None for a rank that never reported."""
         out: dict[int, tuple[int, float] | None] = {}
         for rank in range(self.env.world_size):
-            out[rank] = None
-            with contextlib.suppress(Exception):
-                if self.store.check([self._key(rank)]):
-                    step, when = self.store.get(self._key(rank)).decode().split()
-                    out[rank] = (int(step), float(when))
+            beat = self._get(f"{self.prefix}/heartbeat/{rank}")
+            out[rank] = (int(beat.split()[0]), float(beat.split()[1])) if beat else None
         return out
 
     def report(self) -> str:
+        """What the other ranks recorded: their errors, or (none recorded) where they last were."""
         if self.store is None:
             return "no heartbeats available"
-        positions = self.positions()
-        known = [p[0] for p in positions.values() if p is not None]
-        front = max(known, default=0)
-        now = time.time()
-        behind = [f"rank {r} last started step {p[0]} {now - p[1]:.0f} s ago" if p else f"rank {r} never reported"
-                  for r, p in positions.items() if p is None or p[0] < front]
-        if not behind:
-            return f"every rank started step {front}; one of them exited or stalled inside it"
-        return "; ".join(behind) + f" (the others are at step {front})"
+        deadline = time.time() + REPORT_WAIT_S  # the others' collectives fail too: give them a moment to say why
+        errors: dict[int, str] = {}
+        while True:
+            errors = {r: e for r in range(self.env.world_size) if r != self.env.rank
+                      and (e := self._get(f"{self.prefix}/error/{r}")) is not None}
+            if len(errors) == self.env.world_size - 1 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        positions, now = self.positions(), time.time()
+        parts = [f"rank {r} failed: {e}" for r, e in sorted(errors.items())]
+        for r, p in positions.items():
+            if r != self.env.rank and r not in errors:
+                where = f"last started step {p[0]} {now - p[1]:.0f} s ago" if p else "never reported a step"
+                parts.append(f"rank {r} reported no error: stalled or killed ({where})")
+        return "; ".join(parts) or "every other rank is fine"
+
+    def _get(self, key: str) -> str | None:
+        with contextlib.suppress(Exception):
+            if self.store.check([key]):
+                return self.store.get(key).decode()
+        return None
 
     @contextlib.contextmanager
     def explain(self) -> Iterator[None]:
-        """Re-raise a failed collective as RankFailure naming the ranks that are behind (distributed only)."""
+        """Record this rank's error for the others; re-raise a failed collective as RankFailure naming the ranks
+        that caused it (distributed only)."""
         try:
             yield
         except Exception as err:
-            if not self.env.distributed or not _is_collective_error(err):
+            if not self.env.distributed:
                 raise
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-            raise RankFailure(
-                f"rank {self.env.rank}: a collective failed ({first}): {self.report()}. Look at that rank's log "
-                f"for its error; a collective waits at most strategy.timeout_s={self.timeout_s:g} s.") from err
+            if self.store is not None:
+                with contextlib.suppress(Exception):
+                    self.store.set(f"{self.prefix}/error/{self.env.rank}", f"{type(err).__name__}: {first}")
+            if not _is_collective_error(err):
+                raise
+            what = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0]  # gloo's "[file.cc:553] " prefix
+            raise RankFailure(f"a collective failed ({what}): {self.report()}. A collective waits at most "
+                              f"strategy.timeout_s={self.timeout_s:g} s.") from err
         finally:
             self.stop()
 

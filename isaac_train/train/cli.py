@@ -96,12 +96,44 @@ def report_config_error(err: ConfigError) -> int:
     return 2
 
 
+def run_faults() -> tuple[type[BaseException], ...]:
+    """Errors that end a run with a message saying what happened and what to do: shown without a traceback.
+    ValueError covers the refusals (a changed configuration on resume, a checkpoint from elsewhere, a payload)."""
+    from ..checkpoint.manager import CheckpointWriteError
+    from ..data.loader import NoUsableSamples
+    from ..distributed.watchdog import RankFailure
+    from .loop import TrainingDiverged
+
+    return CheckpointWriteError, NoUsableSamples, RankFailure, TrainingDiverged, ValueError, FileNotFoundError
+
+
+def report_fault(message: str) -> None:
+    """`isaac-train: [rank N: ]message` on stderr, then exit 1 (at once under torchrun, whose other ranks may be
+    blocked in a collective: torchrun stops them)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    where = f"rank {os.environ.get('RANK', '0')}: " if world > 1 else ""
+    print(f"isaac-train: {where}{message} (HYDRA_FULL_ERROR=1 shows the trace)", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    if world > 1:
+        os._exit(1)
+    sys.exit(1)
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     from ..distributed.setup import shutdown_and_exit
     from .loop import exit_code, train
 
-    result = train(to_config(cfg))
+    fault = None
+    try:
+        result = train(to_config(cfg))
+    except run_faults() as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        fault = str(err)
+    if fault is not None:  # outside the except block: the failed run's frames (and its loader workers) are freed
+        report_fault(fault)
     shutdown_and_exit(result.env, exit_code(result))  # torchrun ranks leave here (clean gloo/NCCL exit)
     if exit_code(result):
         sys.exit(exit_code(result))
