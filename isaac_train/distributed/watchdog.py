@@ -1,9 +1,9 @@
 """No silent hangs: every rank says where it is, and a rank that stops responding is named.
 
-`Watchdog.beat(step)` at the start of every step
-- re-arms faulthandler: a step (data, forward, backward, collectives, saving) that has not ended after
-  `strategy.timeout_s` + a minute dumps every thread's stack to stderr and exits with code 1, so a stalled rank
-  leaves by itself instead of holding its node;
+`Watchdog.beat(step)` at the start of every step, and before its evaluation and its checkpoint
+- re-arms faulthandler: a phase (data + forward + backward + collectives, evaluation, saving) that has not ended
+  after `strategy.timeout_s` + 15 s dumps every thread's stack to stderr and exits with code 1, so a stalled rank
+  leaves by itself (showing where it was stuck) instead of holding its node;
 - records "step, time" under `isaac/<attempt>/heartbeat/<rank>` in the process group's store (torchrun's rendezvous
   store, which outlives any one rank).
 Inside `explain()`, any error a rank raises is recorded under `isaac/<attempt>/error/<rank>`; when a collective fails (a
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from .setup import DistEnv
 
 logger = logging.getLogger(__name__)
-GRACE_S = 60  # beyond the collective timeout, so that the collective's own error (naming ranks) comes first
+GRACE_S = 15  # beyond the collective timeout, so that the others' collective error (naming this rank) comes first
 REPORT_WAIT_S = 3.0
 
 

@@ -217,11 +217,13 @@ def train(cfg: Config) -> TrainResult:
 
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
                     and (env.is_main or strategy.eval_on_all_ranks):
+                watchdog.beat(state.step)
                 _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
                 strategy.model.train()
 
             final = state.step == cfg.train.max_steps
             if final or stopping or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
+                watchdog.beat(state.step)
                 saved_at = _save(ckpt, strategy, loader, state, ident, env)
                 stopping = stopping or env.any(stop.signal is not None)  # a signal that came during the save
             if stopping and not final:
