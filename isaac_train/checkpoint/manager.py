@@ -211,16 +211,20 @@ class CheckpointManager:
         if final.exists():  # the same step written again (a resumed run): move the old one away, then replace
             os.replace(final, old)
         os.replace(tmp, final)
-        link_tmp = self.root / ".latest_tmp"
-        if link_tmp.is_symlink() or link_tmp.exists():
-            link_tmp.unlink()
-        link_tmp.symlink_to(final.name)
-        os.replace(link_tmp, self.root / "latest")
-        integrity.fsync_dir(self.root)
+        self.link_latest(final)
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
         self._verified = {k: v for k, v in self._verified.items() if k[0] != final}
         self.retain()
+
+    def link_latest(self, path: Path) -> None:
+        """Point `latest` at checkpoint `path`, atomically (a new symlink renamed over the old)."""
+        link_tmp = self.root / ".latest_tmp"
+        if link_tmp.is_symlink() or link_tmp.exists():
+            link_tmp.unlink()
+        link_tmp.symlink_to(path.name)
+        os.replace(link_tmp, self.root / "latest")
+        integrity.fsync_dir(self.root)
 
     def retain(self) -> None:
         """Delete complete checkpoints beyond the last `keep_last`, never the newest one that verifies (sizes)."""

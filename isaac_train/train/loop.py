@@ -152,6 +152,8 @@ def train(cfg: Config) -> TrainResult:
     if latest is not None:
         state = _resume(latest, ckpt, strategy, loader, ident, cfg, env)
         logger.info("resumed from %s at step %d", latest, state.step)
+        if env.is_main:
+            ckpt.retain()  # a retention that an interrupted save left unfinished
     else:
         # Each rank its own random stream for dropout (the model itself was initialised identically everywhere).
         torch.manual_seed(cfg.train.seed + 7919 * env.rank)
@@ -317,18 +319,19 @@ def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState
 
 def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
     """Rank 0 removes what an interrupted save left, verifies the checkpoints newest first (sizes and sha256),
-    sets aside each one that does not verify (logging why), finishes an interrupted retention and names the
-    newest good one to every rank."""
+    sets aside each one that does not verify (logging why) and names the newest good one to every rank."""
     choice = None
     if env.is_main:
         for path in ckpt.clean_stale():
             logger.info("removed %s, left by an interrupted save", path)
-        for path, reason in ckpt.skipped():
+        rejected = ckpt.skipped()
+        for path, reason in rejected:
             moved = ckpt.set_aside(path, reason)
             logger.warning("checkpoint %s does not verify: %s. Set aside as %s; resuming from an earlier one",
                            path.name, reason, moved.name)
-        ckpt.retain()
         latest = ckpt.latest()
+        if rejected and latest is not None:
+            ckpt.link_latest(latest)
         choice = str(latest) if latest is not None else None
     choice = env.gather(choice)[0]
     return Path(choice) if choice else None

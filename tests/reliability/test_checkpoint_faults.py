@@ -71,6 +71,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(train_shard
                for r in caplog.records)
     rejected = run / "checkpoints" / f"{newest.name}.rejected"
     assert reason in (rejected / "REJECTED.txt").read_text()
+    assert (run / "checkpoints" / "latest").resolve() == newest.resolve()
     # steps 5-6 were trained again from step 4, exactly as the first time (weights, optimizer, schedule, losses,
     # samples); metrics hold every step once; retention (keep_last=1 now) kept the new step 6 only
     assert_same_checkpoint(newest, straight / "checkpoints" / newest.name)
