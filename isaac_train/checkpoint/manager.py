@@ -210,12 +210,15 @@ class CheckpointManager:
         old = self.root / f".old_{final.name}"
         if final.exists():  # the same step written again (a resumed run): move the old one away, then replace
             os.replace(final, old)
-        os.replace(tmp, final)
-        self.link_latest(final)
-        if old.exists():
-            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)  # committed: what follows is housekeeping, and its failure does not undo the save
         self._verified = {k: v for k, v in self._verified.items() if k[0] != final}
-        self.retain()
+        try:
+            self.link_latest(final)
+            if old.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            self.retain()
+        except OSError as err:
+            logger.warning("checkpoint %s is committed, but updating `latest` or retention failed: %s", final, err)
 
     def link_latest(self, path: Path) -> None:
         """Point `latest` at checkpoint `path`, atomically (a new symlink renamed over the old)."""
