@@ -22,7 +22,7 @@ def tiny_overrides(shards: Path, out: Path, *extra: str) -> list[str]:
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """step -> loss from metrics.jsonl (a resumed run logs some steps twice; the last entry wins)."""
+    """step -> loss from metrics.jsonl (a resumed run cuts it back to its checkpoint first: each step once)."""
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
