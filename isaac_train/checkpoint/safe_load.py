@@ -10,8 +10,8 @@ back goes through one of these:
   listed classes.
 - `weights_only_loads()`: a context in which every `torch.load` (also inside DeepSpeed and DCP) loads
   weights-only, with the few extra classes those files need allowed by name.
-- `check_dcp(dir)` / `dcp_reader(dir)`: DCP's `.metadata` (a plain pickle torch reads unrestricted) through the
-  restricted unpickler, before and during `dcp.load`.
+- `load_dcp_state(state, dir)`: `dcp.load` with DCP's `.metadata` (a plain pickle torch reads unrestricted)
+  through the restricted unpickler, before and during the load, and the rest weights-only.
 - `deepspeed_loads(dir)`: every torch file of a DeepSpeed checkpoint scanned for the classes it names (only
   DeepSpeed's loss scaler, ZeRO stage enum and fragment address are allowed), then loaded weights-only.
 
@@ -89,6 +89,16 @@ def check_dcp(directory: Path | str) -> None:
     path = Path(directory) / ".metadata"
     with open(path, "rb") as f:
         restricted_unpickle(f, _dcp_globals(), str(path))
+
+
+def load_dcp_state(state: dict[str, Any], directory: Path | str, no_dist: bool = False) -> None:
+    """`dcp.load(state, ...)` from `directory` without running code: `.metadata` checked first (a refusal inside
+    DCP would only say "metadata is None"), then read restricted, the data files and entries weights-only."""
+    import torch.distributed.checkpoint as dcp
+
+    check_dcp(directory)
+    with weights_only_loads():
+        dcp.load(state, storage_reader=dcp_reader(directory), no_dist=no_dist)
 
 
 def dcp_reader(directory: Path | str):

@@ -38,11 +38,7 @@ class DistEnv:
 
     def sum(self, value: float) -> float:
         """Sum of a number over ranks (float64 on the wire)."""
-        if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        return float(t.item())
+        return self.sum_many([value])[0]
 
     def sum_many(self, values: list[float]) -> list[float]:
         """Sums of several numbers over ranks in one collective (float64 on the wire)."""

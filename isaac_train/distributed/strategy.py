@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint.safe_load import check_dcp, dcp_reader, load_state_file, weights_only_loads
+from ..checkpoint.safe_load import load_dcp_state, load_state_file
 from .setup import DistEnv
 
 ModelFactory = Callable[[torch.device | str], nn.Module]
@@ -217,14 +217,11 @@ def set_states(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: 
 
 def load_dcp(model: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
     """Load a `dcp` checkpoint into `model`/`optimizer` however they are sharded now (or not at all)."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    check_dcp(directory / "dcp")
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
-    with weights_only_loads():
-        dcp.load(state, storage_reader=dcp_reader(directory / "dcp"))
+    load_dcp_state(state, directory / "dcp")
     set_states(model, optimizer, state["model"], state["optimizer"], directory)
 
 

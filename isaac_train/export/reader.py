@@ -22,7 +22,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..checkpoint.safe_load import check_dcp, dcp_reader, deepspeed_loads, load_state_file, weights_only_loads
+from ..checkpoint.safe_load import deepspeed_loads, load_dcp_state, load_state_file
 from ..config.schema import Config, validate
 
 
@@ -81,13 +81,9 @@ def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
 
         state = load_file(checkpoint / "model.safetensors")
     elif fmt == "dcp":
-        import torch.distributed.checkpoint as dcp
-
-        check_dcp(checkpoint / "dcp")
         model.to_empty(device="cpu")
         state = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
-        with weights_only_loads():
-            dcp.load({"model": state}, storage_reader=dcp_reader(checkpoint / "dcp"), no_dist=True)
+        load_dcp_state({"model": state}, checkpoint / "dcp", no_dist=True)
     elif fmt == "deepspeed":
         try:
             from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

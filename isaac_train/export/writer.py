@@ -141,8 +141,9 @@ def copy_base_files(base: Path | None, out: Path) -> list[str]:
 
 def refuse_non_finite(model: nn.Module) -> None:
     """A model with NaN or inf weights (a run that diverged) is not exported."""
-    bad = [(name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
-           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    counts = ((name, int((~torch.isfinite(t)).sum())) for name, t in model.state_dict().items()
+              if t.is_floating_point())
+    bad = [(name, n) for name, n in counts if n]
     if bad:
         shown = ", ".join(f"{name} ({n} values)" for name, n in bad[:3])
         raise ExportVerificationError(

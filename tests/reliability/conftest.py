@@ -110,11 +110,16 @@ def _flatten(prefix: str, value, out: dict) -> None:
         out[prefix] = torch.tensor(float(value)) if isinstance(value, (int, float, bool)) else value
 
 
-def assert_same_checkpoint(a: Path, b: Path) -> None:
+def differing_entries(a: Path, b: Path) -> list[str]:
+    """Names of the entries (tensors and plain values) in which two checkpoints differ; both hold the same names."""
     ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
     assert ta.keys() == tb.keys()
-    differ = [k for k in ta if (torch.is_tensor(ta[k]) and not torch.equal(ta[k], tb[k]))
-              or (not torch.is_tensor(ta[k]) and ta[k] != tb[k])]
+    return [k for k in ta if (torch.is_tensor(ta[k]) and not torch.equal(ta[k], tb[k]))
+            or (not torch.is_tensor(ta[k]) and ta[k] != tb[k])]
+
+
+def assert_same_checkpoint(a: Path, b: Path) -> None:
+    differ = differing_entries(a, b)
     assert not differ, f"{len(differ)} entries differ, e.g. {differ[:5]}"
 
 
@@ -123,5 +128,5 @@ def copy_run(run_dir: Path, into: Path) -> Path:
     return into
 
 
-__all__ = ["assert_same_checkpoint", "checkpoint_tensors", "copy_run", "inject_cmd", "last_step", "ledger",
-           "losses", "metric_steps", "run_injected", "saving", "start_injected", "tiny_overrides", "wait_for"]
+__all__ = ["assert_same_checkpoint", "checkpoint_tensors", "copy_run", "differing_entries", "inject_cmd", "last_step",
+           "ledger", "losses", "metric_steps", "run_injected", "saving", "start_injected", "tiny_overrides", "wait_for"]

@@ -13,15 +13,9 @@ from isaac_train.checkpoint.integrity import verify
 from isaac_train.checkpoint.manager import CheckpointManager
 
 from ..distributed.helpers import two_rank_overrides
-from .conftest import checkpoint_tensors, run_injected
+from .conftest import differing_entries, run_injected
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _differ(a, b) -> list[str]:
-    ta, tb = checkpoint_tensors(a), checkpoint_tensors(b)
-    assert ta.keys() == tb.keys()
-    return [k for k in ta if torch.is_tensor(ta[k]) and not torch.equal(ta[k], tb[k])]
 
 
 def test_nan_on_one_rank_skips_the_step_everywhere_then_stops(train_shards, tmp_path):
@@ -38,9 +32,9 @@ def test_nan_on_one_rank_skips_the_step_everywhere_then_stops(train_shards, tmp_
     assert f"The last checkpoint, {step[6]}, holds the last good weights" in run.stderr
     assert all(verify(p) is None for p in step.values()) and not list((out / "checkpoints").glob(".tmp*"))
     # step 3 and steps 6-7 were skipped on both ranks: both shards, Adam's moments and step counts, the schedule
-    assert _differ(step[2], step[3]) == []
-    assert _differ(step[5], step[6]) == []
-    assert _differ(step[3], step[4]), "training went on after the skipped step"
+    assert differing_entries(step[2], step[3]) == []
+    assert differing_entries(step[5], step[6]) == []
+    assert differing_entries(step[3], step[4]), "training went on after the skipped step"
     records = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
     assert records[3]["loss"] == "nan" and records[3]["skipped_steps"] == 1
     assert records[4]["skipped_steps"] == 1 and records[6]["skipped_steps"] == 2 and records[7]["skipped_steps"] == 3
