@@ -3,7 +3,8 @@
 Rows are filled best-fit over a buffer: a row starts with the oldest waiting sample (so none waits forever),
 then repeatedly takes the longest waiting sample that still fits (tokens and patches). Nothing in a row is
 padding except its tail. A PackedBatch keeps per-document boundaries (`cu_seqlens`), 3-D positions restarting
-at 0 in each document, all images' patches with their grids, and labels.
+at 0 in each document, all images' patches with their grids, and labels; and the same structure on the host as a
+PackedLayout (padding tails, image grids, label positions), so that the model never reads the device to learn it.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import torch
 
+from ..model.packed import PackedLayout
 from ..processing.processor import IGNORE_INDEX, EncodedSample
-from ..processing.tensor_stream import TensorStream
+from ..processing.tensor_stream import Modality, TensorStream
 
 
 @dataclass
@@ -26,6 +28,7 @@ class PackItem:
     address: Any
     key: str
     positions: torch.Tensor  # (T, 3)
+    image_tokens: int = 0  # decoder tokens that are image features
 
     @property
     def length(self) -> int:
@@ -98,11 +101,12 @@ class PackedBatch:
     image_grid_hw: torch.Tensor  # (n_img, 2)
     sample_keys: list[list[str]] = field(default_factory=list)  # per row, the keys of its samples
     meta: dict[str, Any] = field(default_factory=dict)  # loader bookkeeping (skip counts, data wait, ...)
+    layout: PackedLayout | None = None  # the host's copy of the structure (see model/packed.py)
 
     @property
     def num_tokens(self) -> int:
         """Real (non-padding) tokens."""
-        return int(self.cu_seqlens[-1]) - self.num_padding
+        return self.input_ids.numel() - self.num_padding
 
     @property
     def num_padding(self) -> int:
@@ -117,27 +121,35 @@ class PackedBatch:
     def fill(self) -> float:
         return self.num_tokens / self.input_ids.numel()
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        out = {"input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids,
-               "cu_seqlens": self.cu_seqlens, "image_grid_hw": self.image_grid_hw}
+    def model_inputs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"input_ids": self.input_ids, "labels": self.labels, "position_ids": self.position_ids}
+        if self.layout is not None:
+            out["packed"] = self.layout  # boundaries, grids and label positions from the host
+        else:
+            out.update(cu_seqlens=self.cu_seqlens, image_grid_hw=self.image_grid_hw)
         if self.pixel_values is not None:
             out["pixel_values"] = self.pixel_values
         return out
 
     def to(self, device: torch.device | str) -> PackedBatch:
-        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+        """The model's inputs on `device`; the structure (cu_seqlens, image grids, layout) stays on the host."""
+        host = ("cu_seqlens", "image_grid_hw")
+        moved = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in host else v)
                  for k, v in self.__dict__.items()}
         return PackedBatch(**moved)
 
 
 def item_from_sample(sample: EncodedSample, address: Any, key: str) -> PackItem:
-    return PackItem(sample, address, key, TensorStream([sample.events]).position_ids()[0])
+    stream = TensorStream([sample.events])
+    image_tokens = sum(e.num_tokens() for e in sample.events if e.type == Modality.image)
+    return PackItem(sample, address, key, stream.position_ids()[0], image_tokens)
 
 
 def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> PackedBatch:
     """Concatenate each row's samples, pad its tail, and gather images in order."""
     ids, labels, positions, bounds, keys, patches, grids = [], [], [], [0], [], [], []
     padding = label_tokens = 0
+    pad_segments: list[int] = []
     for r, row in enumerate(rows):
         base = r * seq_len
         used = 0
@@ -158,19 +170,27 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
             ids.append(torch.full((tail,), pad_id, dtype=torch.long))
             labels.append(torch.full((tail,), IGNORE_INDEX, dtype=torch.long))
             positions.append(torch.zeros(tail, 3, dtype=torch.long))
+            pad_segments.append(len(bounds) - 1)
             bounds.append(base + seq_len)
             padding += tail
         keys.append([item.key for item in row])
     b = len(rows)
+    input_ids = torch.cat(ids).view(b, seq_len)
+    label_rows = torch.cat(labels).view(b, seq_len)
+    grid_hw = torch.cat(grids) if grids else torch.zeros(0, 2, dtype=torch.long)
+    merge_tokens = sum(item.image_tokens for row in rows for item in row)
+    layout = PackedLayout.from_inputs(bounds, label_rows, frozenset(pad_segments),
+                                      [tuple(g) for g in grid_hw.tolist()], merge_tokens)
     return PackedBatch(
-        input_ids=torch.cat(ids).view(b, seq_len),
-        labels=torch.cat(labels).view(b, seq_len),
+        input_ids=input_ids,
+        labels=label_rows,
         position_ids=torch.cat(positions).view(b, seq_len, 3),
         cu_seqlens=torch.tensor(bounds, dtype=torch.int32),
         pixel_values=torch.cat(patches) if patches else None,
-        image_grid_hw=torch.cat(grids) if grids else torch.zeros(0, 2, dtype=torch.long),
+        image_grid_hw=grid_hw,
         sample_keys=keys,
         meta={"padding": padding, "label_tokens": label_tokens},
+        layout=layout,
     )
 
 

@@ -26,10 +26,9 @@ def matmul_params(module: torch.nn.Module) -> int:
 def step_flops(model_parts: dict, batch, train_decoder: bool, train_vision: bool, train_projector: bool) -> float:
     """FLOPs of forward+backward for one PackedBatch (see the module docstring for the formula)."""
     cu = batch.cu_seqlens.tolist()
-    docs = [b - a for a, b in zip(cu[:-1], cu[1:], strict=True)]
-    if batch.num_padding:
-        docs = docs[:-1] if docs else docs  # the padding tail is not computed work worth counting
-    tokens = sum(docs)
+    padding = batch.layout.padding if batch.layout is not None else frozenset()
+    docs = [b - a for i, (a, b) in enumerate(zip(cu[:-1], cu[1:], strict=True)) if i not in padding]
+    tokens = sum(docs)  # padding tails are not work worth counting (attention skips them)
     grads_flow = train_decoder or train_vision or train_projector
     dec_mult = 6 if train_decoder else (4 if grads_flow else 2)
     flops = dec_mult * model_parts["decoder_params"] * tokens

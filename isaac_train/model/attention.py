@@ -3,8 +3,11 @@
 transformers' Qwen3 and SigLIP2 attention modules hand their `attention_mask` argument, untouched, to the
 function registered under `config._attn_implementation`. We register `isaac` there and pass an
 `AttentionSpec` as that argument: it says which documents (decoder) or images (vision tower) the tokens belong
-to, so one function can run SDPA with a block mask, PyTorch's varlen flash kernel, or flash-attn's varlen
-function. Attention never crosses documents or images in any backend.
+to, so one function can run SDPA or eager attention per document, PyTorch's varlen flash kernel, or flash-attn's
+varlen function. Attention never crosses documents or images in any backend, and no backend builds a (row, row)
+or (patches, patches) mask in training: sdpa and eager run each document (image) on its own tokens, documents of
+equal length batched together, and skip padding tails. Only decoding against a KV cache uses a dense mask (its
+queries are few).
 """
 
 from __future__ import annotations
@@ -27,17 +30,32 @@ class AttentionSpec:
     Attributes:
         backend: resolved backend, one of RUNNABLE_BACKENDS.
         causal: decoder (True) or vision tower (False).
-        cu_seqlens: int32 (n_segments + 1,) boundaries of documents/images over the flattened (B*T) tokens;
-            used by the varlen kernels. None when `dense_mask` must be used (padding, KV cache).
+        segments: (n_segments + 1,) boundaries of documents/images over the flattened (B*T) tokens, on the host
+            (a list): sdpa and eager slice each segment out by them. A segment never crosses a row.
+        skip: indices of segments whose attention is not computed (padding tails): their output is zero.
+        cu_seqlens: the same boundaries as an int32 tensor on the device, for the varlen kernels.
         max_seqlen: longest segment, for the varlen kernels.
-        dense_mask: bool (B, 1, Q, K), True where attention is allowed; used by sdpa and eager.
+        dense_mask: bool (B, 1, Q, K), True where attention is allowed: decoding against a KV cache only.
     """
 
     backend: str
     causal: bool
+    segments: list[int] | None = None
+    skip: frozenset[int] = frozenset()
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
     dense_mask: torch.Tensor | None = None
+
+    @classmethod
+    def for_segments(cls, backend: str, causal: bool, segments: list[int], device: torch.device,
+                     skip: frozenset[int] = frozenset()) -> AttentionSpec:
+        """Spec for packed segments given on the host; the device copy is made only for the varlen kernels."""
+        lengths = [b - a for a, b in zip(segments[:-1], segments[1:], strict=True)]
+        cu = None
+        if backend in ("varlen", "flash_attn"):
+            cu = torch.tensor(segments, dtype=torch.int32).to(device, non_blocking=True)
+        return cls(backend=backend, causal=causal, segments=segments, skip=skip, cu_seqlens=cu,
+                   max_seqlen=max(lengths, default=0))
 
 
 def flash_attn_available() -> bool:
@@ -72,23 +90,6 @@ def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype) ->
     raise ValueError(f"Unknown attn_backend={requested!r}; choose one of auto, {', '.join(RUNNABLE_BACKENDS)}")
 
 
-def segment_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
-    """Segment index of each of `total` flattened tokens given cumulative boundaries."""
-    positions = torch.arange(total, device=cu_seqlens.device)
-    return torch.searchsorted(cu_seqlens[1:].to(positions.dtype), positions, right=True)
-
-
-def block_mask_from_cu_seqlens(
-    cu_seqlens: torch.Tensor, batch: int, length: int, causal: bool
-) -> torch.Tensor:
-    """Dense (B, 1, T, T) bool mask: a token sees tokens of its own segment (and only earlier ones if causal)."""
-    seg = segment_ids_from_cu_seqlens(cu_seqlens, batch * length).view(batch, length)
-    mask = seg[:, :, None] == seg[:, None, :]
-    if causal:
-        mask &= torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
-    return mask[:, None]
-
-
 def padded_causal_mask(
     attention_mask: torch.Tensor | None, batch: int, q_len: int, past_len: int, device: torch.device
 ) -> torch.Tensor:
@@ -108,12 +109,53 @@ def padded_causal_mask(
     return mask[:, None]
 
 
+def _per_segment(query, key, value, spec: AttentionSpec, scaling, dropout, training) -> torch.Tensor:
+    """sdpa / eager attention of each segment on its own tokens: (B, H, T, D) inputs -> (B, T, H, D) output.
+
+    Segments of equal length are stacked into one call (images of one size, many tiny documents); segments in
+    `spec.skip` (padding) are not computed and give zeros. Cost is sum(n_i^2), never (B*T)^2.
+    """
+    b, h, t, d = query.shape
+    bounds = spec.segments
+    by_length: dict[int, list[int]] = {}
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        if i not in spec.skip and hi > lo:
+            by_length.setdefault(hi - lo, []).append(i)
+    pieces: dict[int, torch.Tensor] = {}
+    for length, members in by_length.items():
+        # a segment never crosses a row: row lo // t, columns lo % t onwards (a view)
+        views = [[x[lo // t, :, lo % t : lo % t + length] for lo in (bounds[i] for i in members)]
+                 for x in (query, key, value)]
+        if len(members) == 1:
+            q, k, v = (parts[0][None] for parts in views)
+        else:
+            q, k, v = (torch.stack(parts) for parts in views)
+        out = _attend(q, k, v, spec, scaling, dropout, training).transpose(1, 2)  # (n, L, H, D)
+        pieces.update(zip(members, out.unbind(0), strict=True))
+    ordered = []
+    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        ordered.append(pieces[i] if i in pieces else query.new_zeros(hi - lo, h, d))
+    return torch.cat(ordered).view(b, t, h, d)
+
+
+def _attend(q, k, v, spec: AttentionSpec, scaling, dropout, training) -> torch.Tensor:
+    """One batch of whole segments (n, H, L, D), causal or not, with no mask tensor beyond a causal (L, L)."""
+    if spec.backend == "eager":
+        mask = None
+        if spec.causal:
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        return _eager(q, k, v, mask, scaling, dropout, training)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=spec.causal,
+                                          scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+
+
 def _eager(query, key, value, mask, scaling, dropout, training):
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     probs = F.dropout(probs, p=dropout, training=training)
     return torch.matmul(probs, value)
@@ -164,7 +206,9 @@ def isaac_attention_forward(
             raise ValueError("attention dropout is not supported by the varlen backends; set it to 0")
         return _varlen(query, key, value, spec, scaling), None
     if spec.dense_mask is None:
-        raise ValueError(f"attention backend {spec.backend!r} needs a dense mask")
+        if spec.segments is None:
+            raise ValueError(f"attention backend {spec.backend!r} needs segments or a dense mask")
+        return _per_segment(query, key, value, spec, scaling, dropout, module.training), None
     if spec.backend == "eager":
         out = _eager(query, key, value, spec.dense_mask, scaling, dropout, module.training)
     else:

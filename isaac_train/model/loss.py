@@ -51,12 +51,31 @@ def lm_loss_sum(
     flat_targets = targets.reshape(-1)
     keep = flat_targets != IGNORE_INDEX
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[keep]
-    wanted = flat_targets[keep]
-    count = keep.sum()
+    return _loss_over(hidden, lm_head_weight, flat_targets[keep], hidden_states, chunk_size), keep.sum()
+
+
+def lm_loss_at(
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    index: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 4096,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lm_loss_sum` with the label positions chosen on the host: `index` (n,) flattened positions and their
+    `targets` (n,), CPU tensors. Nothing is read back from the device; the count is a CPU tensor."""
+    device = hidden_states.device
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, index.to(device, non_blocking=True))
+    wanted = targets.to(device, non_blocking=True)
+    return _loss_over(hidden, lm_head_weight, wanted, hidden_states, chunk_size), torch.tensor(index.numel())
+
+
+def _loss_over(hidden: torch.Tensor, lm_head_weight: torch.Tensor, wanted: torch.Tensor, hidden_states: torch.Tensor,
+               chunk_size: int) -> torch.Tensor:
+    """Summed cross-entropy of the selected rows `hidden` (n, D) against `wanted` (n,), in recomputed chunks."""
     total = hidden_states.new_zeros((), dtype=torch.float32)
     if hidden.shape[0] == 0:
         # Keep the graph connected so every rank runs the same backward (DDP/FSDP would otherwise hang).
-        return total + 0.0 * hidden_states.sum() + 0.0 * lm_head_weight.sum(), count
+        return total + 0.0 * hidden_states.sum() + 0.0 * lm_head_weight.sum()
     grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
     for start in range(0, hidden.shape[0], chunk_size):
         h, y = hidden[start : start + chunk_size], wanted[start : start + chunk_size]
@@ -64,4 +83,4 @@ def lm_loss_sum(
             total = total + checkpoint(_chunk_loss_sum, h, lm_head_weight, y, use_reentrant=False)
         else:
             total = total + _chunk_loss_sum(h, lm_head_weight, y)
-    return total, count
+    return total

@@ -9,6 +9,9 @@ Inputs (every tensor optional but one of input_ids / inputs_embeds / tensor_stre
   never crosses them and positions restart at each. Padding at a row's tail must be a segment of its own.
 - `attention_mask` (B, T): 1 for real tokens, 0 for padding (batched inference).
 - `tensor_stream`: a TensorStream, embedded directly (text and vision) with positions taken from it.
+- `packed`: a PackedLayout (packed.py), the host's copy of a packed batch's structure (boundaries, padding,
+  image grids, label positions); with it a training forward reads nothing back from the device. The packer
+  makes it; `cu_seqlens` and `image_grid_hw` are then taken from it.
 """
 
 from __future__ import annotations
@@ -23,16 +26,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm
 
 from ..processing.tensor_stream import Modality, TensorStream
-from .attention import (
-    ATTN_FUNCTION_NAME,
-    AttentionSpec,
-    block_mask_from_cu_seqlens,
-    padded_causal_mask,
-    resolve_backend,
-)
+from .attention import ATTN_FUNCTION_NAME, AttentionSpec, padded_causal_mask, resolve_backend
 from .config import IsaacConfig
 from .layouts import LOAD_KEY_MAPPING, to_layout
-from .loss import lm_loss_sum, shift_labels
+from .loss import lm_loss_at, lm_loss_sum, shift_labels
+from .packed import PackedLayout, check_segments
 from .rope import IsaacRotaryEmbedding, mrope_positions
 from .vision import IsaacVisionEmbedding
 
@@ -81,34 +79,28 @@ class IsaacPreTrainedModel(PreTrainedModel):
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
 
 
-def segment_starts_from(
+def host_layout(
     batch: int,
     length: int,
-    device: torch.device,
-    cu_seqlens: torch.Tensor | None,
+    cu_seqlens: torch.Tensor | list[int] | None,
     attention_mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """bool (B, T): the first token of every document (packed rows) or padding/real run (padded rows)."""
+) -> PackedLayout:
+    """The segments of a batch on the host: the documents of packed rows (`cu_seqlens`), the padding and real runs
+    of padded rows (`attention_mask`), or one segment per row. Reads each given tensor once (a device read when
+    it lives on the device; the packer's PackedLayout avoids even that)."""
     if cu_seqlens is not None:
-        cu = cu_seqlens.to(device=device, dtype=torch.long)
-        total = batch * length
-        row_starts = torch.arange(0, total, length, device=device)
-        if int(cu[0]) != 0 or int(cu[-1]) != total or bool((cu[1:] < cu[:-1]).any()):
-            raise ValueError(
-                f"cu_seqlens must rise from 0 to B*T={total} (put a row's padding tail in its own segment); got "
-                f"{cu.tolist()[:8]}..."
-            )
-        if not torch.isin(row_starts, cu).all():
-            raise ValueError("cu_seqlens has a document crossing a row boundary; every row must start a segment")
-        starts = torch.zeros(total, dtype=torch.bool, device=device)
-        starts[cu[:-1]] = True
-        return starts.view(batch, length)
-    starts = torch.zeros(batch, length, dtype=torch.bool, device=device)
-    starts[:, 0] = True
-    if attention_mask is not None and attention_mask.shape[1] == length:
-        keep = attention_mask.to(device=device, dtype=torch.bool)
-        starts[:, 1:] |= keep[:, 1:] != keep[:, :-1]
-    return starts
+        cu = cu_seqlens.tolist() if isinstance(cu_seqlens, torch.Tensor) else list(cu_seqlens)
+        check_segments(cu, batch, length)
+        return PackedLayout(cu)
+    if attention_mask is None or attention_mask.shape[1] != length:
+        return PackedLayout(list(range(0, batch * length + 1, length)))
+    keep = attention_mask.to("cpu", torch.bool).reshape(-1)
+    starts = torch.ones_like(keep)
+    starts[1:] = keep[1:] != keep[:-1]
+    starts[::length] = True
+    cu = [*starts.numpy().nonzero()[0].tolist(), batch * length]
+    padding = frozenset(i for i, lo in enumerate(cu[:-1]) if not keep[lo])
+    return PackedLayout(cu, padding)
 
 
 class IsaacModel(IsaacPreTrainedModel):
@@ -139,19 +131,23 @@ class IsaacModel(IsaacPreTrainedModel):
         return self.config.vision_config.pixel_shuffle_scale_factor
 
     def embed(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, image_grid_hw: torch.Tensor | None,
-        keep_vision_graph: bool = False,
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+        image_grid_hw: torch.Tensor | list[tuple[int, int]] | None, keep_vision_graph: bool = False,
+        image_tokens: int | None = None,
     ) -> torch.Tensor:
         """Token embeddings with each image's projected features written over its placeholder tokens.
 
         keep_vision_graph: with no image, still run the vision tower on one blank merge x merge image and add 0x its
-        features, so that every process runs the same modules and every vision parameter gets a (zero) gradient."""
+        features, so that every process runs the same modules and every vision parameter gets a (zero) gradient.
+        image_tokens: the number of placeholders in input_ids when the host knows it (a PackedLayout); else it is
+        counted on the device."""
         image_mask = input_ids == self.config.image_token_id
         embeds = self.embed_tokens(input_ids.masked_fill(image_mask, 0))
         if pixel_values is None or pixel_values.shape[0] == 0:
-            if image_mask.any():
+            placeholders = image_tokens if image_tokens is not None else int(image_mask.sum())
+            if placeholders:
                 raise ValueError(
-                    f"input_ids hold {int(image_mask.sum())} image tokens (id {self.config.image_token_id}) but no "
+                    f"input_ids hold {placeholders} image tokens (id {self.config.image_token_id}) but no "
                     "pixel_values were given"
                 )
             if keep_vision_graph:
@@ -159,10 +155,11 @@ class IsaacModel(IsaacPreTrainedModel):
             return embeds
         if image_grid_hw is None:
             raise ValueError("pixel_values need image_grid_hw (the (H, W) patch grid of each image)")
-        features = self.vision_embedding(pixel_values, image_grid_hw.to(pixel_values.device)).to(embeds.dtype)
-        if features.shape[0] != int(image_mask.sum()):
+        features = self.vision_embedding(pixel_values, image_grid_hw).to(embeds.dtype)
+        placeholders = image_tokens if image_tokens is not None else int(image_mask.sum())
+        if features.shape[0] != placeholders:
             raise ValueError(
-                f"the images give {features.shape[0]} decoder tokens but input_ids hold {int(image_mask.sum())} image "
+                f"the images give {features.shape[0]} decoder tokens but input_ids hold {placeholders} image "
                 f"tokens (id {self.config.image_token_id}); the processor must put (H/{self.merge})*(W/{self.merge}) "
                 "placeholders per image"
             )
@@ -173,8 +170,7 @@ class IsaacModel(IsaacPreTrainedModel):
         config, not from the weights: sharded strategies must not see parameters touched outside a forward."""
         vc = self.config.vision_config
         patches = torch.zeros(self.merge * self.merge, vc.num_channels * vc.patch_size**2, device=device)
-        grids = torch.tensor([[self.merge, self.merge]], device=device)
-        return self.vision_embedding(patches, grids)
+        return self.vision_embedding(patches, [(self.merge, self.merge)])
 
     def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed a TensorStream (text and images) and return (inputs_embeds, position_ids) for it.
@@ -188,7 +184,7 @@ class IsaacModel(IsaacPreTrainedModel):
         embeds = self.embed_tokens(input_ids.masked_fill(image_mask, 0))
         patches, grids = tensor_stream.image_patches()
         if patches is not None:
-            features = self.vision_embedding(patches.to(device), grids.to(device)).to(embeds.dtype)
+            features = self.vision_embedding(patches.to(device), grids).to(embeds.dtype)
             counts = ((grids[:, 0] // self.merge) * (grids[:, 1] // self.merge)).tolist()
             slices = tensor_stream.image_token_slices()
             live = [f[lo:hi] for f, (lo, hi) in zip(features.split(counts), slices, strict=True)]
@@ -221,6 +217,7 @@ class IsaacModel(IsaacPreTrainedModel):
         use_cache: bool | None = None,
         rope_deltas: torch.Tensor | None = None,
         keep_vision_graph: bool = False,
+        packed: PackedLayout | None = None,
         **_: object,
     ) -> IsaacModelOutput:
         """Run the decoder; see the module docstring for the inputs."""
@@ -232,15 +229,22 @@ class IsaacModel(IsaacPreTrainedModel):
         elif inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("give input_ids, inputs_embeds or tensor_stream")
-            inputs_embeds = self.embed(input_ids, pixel_values, image_grid_hw, keep_vision_graph)
+            grids = packed.image_grids if packed is not None else image_grid_hw
+            image_tokens = packed.image_tokens if packed is not None else None
+            inputs_embeds = self.embed(input_ids, pixel_values, grids, keep_vision_graph, image_tokens)
         b, t = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         if use_cache and cache is None:
             cache = DynamicCache(config=self.text_config)
         past = cache.get_seq_length() if cache is not None else 0
-        if cu_seqlens is not None and past:
+        if (cu_seqlens is not None or packed is not None) and past:
             raise ValueError("cu_seqlens (packed documents) cannot be combined with a KV cache")
-        starts = segment_starts_from(b, t, device, cu_seqlens, attention_mask if past == 0 else None)
+        if packed is not None:
+            check_segments(packed.cu_seqlens, b, t)
+            layout = packed
+        else:
+            layout = host_layout(b, t, cu_seqlens, attention_mask if past == 0 else None)
+        starts = layout.segment_starts(b, t).to(device, non_blocking=True)
 
         if position_ids is None:
             if past == 0:
@@ -268,11 +272,7 @@ class IsaacModel(IsaacPreTrainedModel):
                 dense_mask=padded_causal_mask(attention_mask, b, t, past, device),
             )
         else:
-            flat_starts = starts.reshape(-1).nonzero().squeeze(1)
-            cu = torch.cat([flat_starts, flat_starts.new_tensor([b * t])]).to(torch.int32)
-            spec = AttentionSpec(backend=backend, causal=True, cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()))
-            if backend in ("sdpa", "eager"):
-                spec.dense_mask = block_mask_from_cu_seqlens(cu, b, t, causal=True)
+            spec = AttentionSpec.for_segments(backend, True, layout.cu_seqlens, device, skip=layout.padding)
 
         cos_sin = self.rotary_emb(position_ids.to(device), inputs_embeds.dtype)
         hidden = inputs_embeds
@@ -325,23 +325,27 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         return_logits: bool | None = None,
         keep_vision_graph: bool = False,
+        packed: PackedLayout | None = None,
         **kwargs: object,
     ) -> IsaacCausalLMOutput:
         """Logits and/or the loss. With `labels` (aligned with the inputs, -100 = no loss) the loss is the sum of
         next-token cross-entropy within each document divided by `num_items_in_batch` (or the number of label
         tokens). `return_logits` defaults to False when training with labels: the loss never needs the row's
-        full logits."""
+        full logits. With `packed` (and its label positions) the loss positions come from the host."""
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             pixel_values=pixel_values, image_grid_hw=image_grid_hw, cu_seqlens=cu_seqlens,
             tensor_stream=tensor_stream, inputs_embeds=inputs_embeds, cache=cache, use_cache=use_cache,
-            rope_deltas=rope_deltas, keep_vision_graph=keep_vision_graph,
+            rope_deltas=rope_deltas, keep_vision_graph=keep_vision_graph, packed=packed,
         )
         hidden = out.last_hidden_state
         loss = loss_sum = count = None
-        if labels is not None:
+        if labels is not None and packed is not None and packed.label_index is not None:
+            loss_sum, count = lm_loss_at(hidden, self.lm_head.weight, packed.label_index, packed.label_targets)
+        elif labels is not None:
             targets = shift_labels(labels.to(hidden.device), out.segment_starts)
             loss_sum, count = lm_loss_sum(hidden, self.lm_head.weight, targets)
+        if loss_sum is not None:
             denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
             loss = loss_sum / denom
         if return_logits is None:

@@ -1,8 +1,9 @@
 """Isaac's vision side over packed patches: SigLIP2 (NaFlex) tower, pixel shuffle, MLP projector.
 
 Input is every image's patches concatenated, (sum_i H_i*W_i, 3*p*p) with patch vectors ordered
-(row-in-patch, col-in-patch, channel), plus each image's real grid (H_i, W_i). Attention is per image
-(bidirectional) and never crosses images. Key names follow Perceptron's checkpoints:
+(row-in-patch, col-in-patch, channel), plus each image's real grid (H_i, W_i) (a (n, 2) tensor or, from the
+host, a list of pairs). Attention is per image (bidirectional), images of one size batched together, and never
+crosses images. Key names follow Perceptron's checkpoints:
 `vision_embedding.0.{embeddings,encoder,post_layernorm}`, `vision_embedding.1` and `.3` for the projector.
 """
 
@@ -16,14 +17,24 @@ from torch import nn
 from transformers.models.siglip2.modeling_siglip2 import Siglip2Encoder, Siglip2VisionEmbeddings
 
 from ..processing.image_processing import normalize_patches
-from .attention import ATTN_FUNCTION_NAME, AttentionSpec, block_mask_from_cu_seqlens, resolve_backend
+from .attention import ATTN_FUNCTION_NAME, AttentionSpec, resolve_backend
 from .config import IsaacConfig, IsaacVisionConfig
 
+Grids = torch.Tensor | list[tuple[int, int]]
 
-def grid_cu_seqlens(grids: torch.Tensor) -> torch.Tensor:
-    """int32 (n+1,) cumulative patch counts of images with real grids (n, 2)."""
-    counts = (grids[:, 0] * grids[:, 1]).to(torch.int32)
-    return F.pad(torch.cumsum(counts, 0, dtype=torch.int32), (1, 0))
+
+def grid_list(grids: Grids) -> list[tuple[int, int]]:
+    """Image grids as host (H, W) pairs (a device tensor is read once)."""
+    rows = grids.tolist() if isinstance(grids, torch.Tensor) else grids
+    return [(int(h), int(w)) for h, w in rows]
+
+
+def grid_cu_seqlens(grids: Grids) -> list[int]:
+    """(n+1) cumulative patch counts of images with real grids (H_i, W_i)."""
+    cu = [0]
+    for h, w in grid_list(grids):
+        cu.append(cu[-1] + h * w)
+    return cu
 
 
 class IsaacVisionEmbeddings(Siglip2VisionEmbeddings):
@@ -33,14 +44,14 @@ class IsaacVisionEmbeddings(Siglip2VisionEmbeddings):
     (as Perceptron does), even when the grid is already 16x16 (then it is the identity).
     """
 
-    def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, patches: torch.Tensor, grids: Grids) -> torch.Tensor:  # type: ignore[override]
         weight = self.patch_embedding.weight
         embeds = self.patch_embedding(patches.to(weight.dtype))
         side = self.position_embedding_size
         table = self.position_embedding.weight.reshape(side, side, -1).permute(2, 0, 1)[None].float()
         resized: dict[tuple[int, int], torch.Tensor] = {}
         parts = []
-        for h, w in grids.tolist():
+        for h, w in grid_list(grids):
             if (h, w) not in resized:
                 grid = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
                 resized[(h, w)] = grid[0].reshape(grid.shape[1], h * w).T.to(embeds.dtype)
@@ -48,19 +59,20 @@ class IsaacVisionEmbeddings(Siglip2VisionEmbeddings):
         return embeds + torch.cat(parts, dim=0)
 
 
-def pixel_shuffle_index(grids: torch.Tensor, scale: int) -> torch.Tensor:
+def pixel_shuffle_index(grids: Grids, scale: int) -> torch.Tensor:
     """Gather index (N / scale^2, scale^2) for space-to-depth over packed images (isaac_spec.md §4).
 
     Output token (br, bc) of image i takes inputs o_i + (br*s + dr) * W_i + (bc*s + dc) for (dr, dc) in
-    row-major order (top-left, top-right, bottom-left, bottom-right for s = 2); blocks are row-major.
+    row-major order (top-left, top-right, bottom-left, bottom-right for s = 2); blocks are row-major. Built on
+    the host.
     """
     parts, offset = [], 0
-    sub = torch.arange(scale, device=grids.device)
-    for h, w in grids.tolist():
+    sub = torch.arange(scale)
+    for h, w in grid_list(grids):
         if h % scale or w % scale:
             raise ValueError(f"image grid {h}x{w} is not divisible by the pixel shuffle scale {scale}")
-        br = torch.arange(h // scale, device=grids.device)[:, None, None, None]
-        bc = torch.arange(w // scale, device=grids.device)[None, :, None, None]
+        br = torch.arange(h // scale)[:, None, None, None]
+        bc = torch.arange(w // scale)[None, :, None, None]
         dr = sub[None, None, :, None]
         dc = sub[None, None, None, :]
         idx = offset + (br * scale + dr) * w + (bc * scale + dc)
@@ -85,17 +97,15 @@ class IsaacVisionTransformer(nn.Module):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.scale = config.pixel_shuffle_scale_factor
 
-    def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, grids: Grids) -> torch.Tensor:
+        grids = grid_list(grids)
         hidden = self.embeddings(patches, grids)
-        cu = grid_cu_seqlens(grids).to(hidden.device)
         backend = resolve_backend(self.parent_config.attn_backend, hidden.device, hidden.dtype)
-        spec = AttentionSpec(backend=backend, causal=False, cu_seqlens=cu, max_seqlen=int((cu[1:] - cu[:-1]).max()))
-        if backend in ("sdpa", "eager"):
-            spec.dense_mask = block_mask_from_cu_seqlens(cu, 1, hidden.shape[0], causal=False)
+        spec = AttentionSpec.for_segments(backend, False, grid_cu_seqlens(grids), hidden.device)
         hidden = self.encoder(inputs_embeds=hidden[None], attention_mask=spec).last_hidden_state[0]
         hidden = self.post_layernorm(hidden)
         if self.scale > 1:
-            index = pixel_shuffle_index(grids, self.scale).to(hidden.device)
+            index = pixel_shuffle_index(grids, self.scale).to(hidden.device, non_blocking=True)
             hidden = hidden[index].reshape(index.shape[0], -1)
         return hidden
 
@@ -118,7 +128,7 @@ class IsaacVisionEmbedding(nn.Sequential):
         )
         self.parent_config = config  # normalisation settings for uint8 patches
 
-    def forward(self, patches: torch.Tensor, grids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, patches: torch.Tensor, grids: Grids) -> torch.Tensor:  # type: ignore[override]
         """(sum H_i*W_i, 3*p*p) patches and (n, 2) real grids -> (sum H_i*W_i / s^2, text hidden) features.
 
         Patches are normalised floats, or raw uint8 that are normalised here (bit-exact with the processor)."""
