@@ -48,6 +48,13 @@ class DistEnv:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """`t` summed over ranks, left where it is and not read: a collective queued on the device (NCCL) or run
+        on the host (gloo, CPU tensors)."""
+        if self.distributed:
+            dist.all_reduce(t)
+        return t
+
     def any(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any rank."""
         return self.sum(float(flag)) > 0

@@ -6,6 +6,8 @@ The training loop sees only this interface, whichever `strategy=` runs:
     strategy.forward_backward(inputs, loss_scale) -> output      one micro-batch (autocast, backward)
     strategy.step(max_norm, loss_finite) -> (norm, applied)     clip, optimizer step, schedule, zero grads;
                                                                  nothing changes when loss or norm is not finite
+        = strategy.clip(max_norm) -> norm on the device (or None) then strategy.update(norm, loss_finite): the loop
+          reads the norm together with its own numbers, in the step's one read from the device
     strategy.save(dir) / strategy.load(dir, meta)                every rank; the format is the strategy's
     strategy.full_model() -> nn.Module | None                    an unsharded model on rank 0 (export)
     strategy.eval_model, strategy.eval_on_all_ranks              what evaluation runs on, and where
@@ -81,8 +83,9 @@ class Strategy:
                 return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def forward_backward(self, inputs: dict[str, Any], loss_scale: float) -> Any:
-        """Forward one micro-batch and backpropagate `loss_sum * loss_scale`. With more than one process every
+    def forward_backward(self, inputs: dict[str, Any], loss_scale: float | torch.Tensor) -> Any:
+        """Forward one micro-batch and backpropagate `loss_sum * loss_scale` (a number, or a 0-d tensor on the
+        device so that the host never waits for the global label count). With more than one process every
         rank runs the vision tower (a blank image when its batch has none), so all ranks run the same
         collectives and every trainable parameter has a gradient."""
         with self.autocast():
@@ -102,11 +105,21 @@ class Strategy:
         parameters, the optimizer state and the schedule stay as they were. Every rank sees the same norm (the
         gradients are reduced, or the norm is), so all ranks decide alike. Returns (norm before clipping,
         whether the update was applied)."""
+        norm = self.clip(max_norm)
+        return self.update(None if norm is None else float(norm), loss_finite)
+
+    def clip(self, max_norm: float | None) -> torch.Tensor | None:
+        """Clip the gradients to `max_norm` (None: only measure); the norm before clipping as a 0-d tensor on the
+        device, not read. None where the strategy's own step clips (ZeRO)."""
         norm = torch.nn.utils.clip_grad_norm_(self.trainable(), max_norm or float("inf"))
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
             norm = norm.full_tensor()
-        norm = float(norm)
-        applied = loss_finite and math.isfinite(norm)
+        return norm
+
+    def update(self, norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
+        """After `clip`: step the optimizer and the schedule unless the loss or `norm` (as read) is not finite,
+        then clear the gradients. Returns (norm, applied)."""
+        applied = loss_finite and norm is not None and math.isfinite(norm)
         if applied:
             self.optimizer.step()
             self.scheduler.step()

@@ -124,6 +124,12 @@ class ZeroStrategy(Strategy):
         if self.micro_steps % self.grad_accum:
             self.engine.step()  # not a boundary: DeepSpeed only counts the micro-step
 
+    def clip(self, max_norm: float | None) -> None:
+        return None  # DeepSpeed clips inside its step (gradient_clipping)
+
+    def update(self, norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
+        return self.step(None, loss_finite)
+
     def step(self, max_norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
         """DeepSpeed's boundary step: reduce, clip (gradient_clipping), update, zero gradients. Its ZeRO
         optimizers skip the update themselves when the global gradient norm is not finite (fp32 and bf16 too:

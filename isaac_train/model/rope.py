@@ -26,7 +26,9 @@ class IsaacRotaryEmbedding(nn.Module):
         device = position_ids.device
         exponent = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim
         inv_freq = 1.0 / (self.theta**exponent)
-        axis = torch.repeat_interleave(torch.arange(3, device=device), torch.tensor(self.mrope_section, device=device))
+        # the axis (t, h, w) each frequency rotates by, built on the host (repeat_interleave on the device would wait)
+        axis = torch.tensor([a for a, n in enumerate(self.mrope_section) for _ in range(n)])
+        axis = axis.to(device, non_blocking=True)
         per_freq = position_ids.float().index_select(-1, axis)  # (B, T, head_dim/2): the axis each freq rotates by
         phase = per_freq * inv_freq
         emb = torch.cat((phase, phase), dim=-1)

@@ -180,20 +180,27 @@ def train(cfg: Config) -> TrainResult:
             watchdog.beat(state.step + 1)
             start = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            label_tokens = int(env.sum(sum(b.num_label_tokens for b in micro)))
-            if label_tokens == 0:
-                raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
+            # This rank's label tokens, tokens and stop request, summed over ranks where they are: the host does not
+            # wait for the device until the step's one read below.
+            local = [sum(b.num_label_tokens for b in micro), sum(b.num_tokens for b in micro), stop.signal is not None]
+            counts = env.sum_tensor(torch.tensor(local, dtype=torch.float64).to(device))
             # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses
             # over the global label count.
-            loss_sum = 0.0
+            scale = (env.world_size / counts[0].clamp(min=1)).float()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for batch in micro:
-                out = strategy.forward_backward(batch.to(device).model_inputs(), env.world_size / label_tokens)
-                loss_sum += float(out.loss_sum.detach())
-            # one collective: the loss, the token count and whether any rank was asked to stop
-            loss_sum, tokens, stopping = env.sum_many([loss_sum, sum(b.num_tokens for b in micro),
-                                                       float(stop.signal is not None)])
+                out = strategy.forward_backward(batch.to(device).model_inputs(), scale)
+                loss_sum += out.loss_sum.detach()
+            loss_sum = env.sum_tensor(loss_sum)
+            norm = strategy.clip(cfg.train.clip_grad_norm)
+            # the step's one read from the device: counts, loss and gradient norm together
+            read = torch.cat([counts, loss_sum[None], (norm if norm is not None else loss_sum).double().reshape(1)])
+            label_tokens, tokens, stopping, loss_sum, grad_norm = read.tolist()
+            label_tokens = int(label_tokens)
+            if label_tokens == 0:
+                raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
             # not finite on any rank: nothing is updated, on every rank alike
-            grad_norm, applied = strategy.step(cfg.train.clip_grad_norm, math.isfinite(loss_sum))
+            grad_norm, applied = strategy.update(grad_norm if norm is not None else None, math.isfinite(loss_sum))
             state.step += 1
             state.skips_in_a_row = 0 if applied else state.skips_in_a_row + 1
             state.skipped_steps += 0 if applied else 1
