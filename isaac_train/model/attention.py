@@ -66,8 +66,11 @@ def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype) ->
     """Pick the kernel for `requested` (a config `attn_backend`); raise if it cannot run here.
 
     `auto` means: flash-attn's varlen function if installed, else PyTorch's varlen flash kernel, on CUDA with
-    bf16/fp16 activations; SDPA with a block mask otherwise. An explicit backend that cannot run raises.
+    bf16/fp16 activations; SDPA per document otherwise. An explicit backend that cannot run raises. The
+    activations' dtype is autocast's when autocast is on (fp32 embeddings then reach bf16 projections).
     """
+    if device.type in ("cuda", "cpu") and torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
     half = dtype in (torch.bfloat16, torch.float16)
     if requested == "auto":
         if device.type == "cuda" and half:

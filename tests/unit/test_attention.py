@@ -51,3 +51,17 @@ def test_the_one_switch_also_drives_the_vision_tower(tiny_model):
     tiny_model.config.attn_backend = "varlen"
     with pytest.raises(RuntimeError, match="needs a CUDA device"):
         tiny_model.model.vision_embedding(torch.randn(16, 768), torch.tensor([[4, 4]]))
+
+
+def test_autocast_decides_the_activation_dtype(monkeypatch):
+    """Embeddings stay fp32 under autocast while q/k/v are bf16: on CUDA `auto` must still pick the varlen kernel
+    (CUDA autocast is simulated here: this machine has no GPU)."""
+    from isaac_train.model import attention
+
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
+    assert resolve_backend("auto", cuda, torch.float32) == "sdpa"
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device_type=None: device_type == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device_type: torch.bfloat16)
+    assert resolve_backend("auto", cuda, torch.float32) == "varlen"
+    assert resolve_backend("varlen", cuda, torch.float32) == "varlen"
