@@ -180,27 +180,9 @@ def train(cfg: Config) -> TrainResult:
             watchdog.beat(state.step + 1)
             start = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            # This rank's label tokens, tokens and stop request, summed over ranks where they are: the host does not
-            # wait for the device until the step's one read below.
-            local = [sum(b.num_label_tokens for b in micro), sum(b.num_tokens for b in micro), stop.signal is not None]
-            counts = env.sum_tensor(torch.tensor(local, dtype=torch.float64).to(device))
-            # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses
-            # over the global label count.
-            scale = (env.world_size / counts[0].clamp(min=1)).float()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for batch in micro:
-                out = strategy.forward_backward(batch.to(device).model_inputs(), scale)
-                loss_sum += out.loss_sum.detach()
-            loss_sum = env.sum_tensor(loss_sum)
-            norm = strategy.clip(cfg.train.clip_grad_norm)
-            # the step's one read from the device: counts, loss and gradient norm together
-            read = torch.cat([counts, loss_sum[None], (norm if norm is not None else loss_sum).double().reshape(1)])
-            label_tokens, tokens, stopping, loss_sum, grad_norm = read.tolist()
-            label_tokens = int(label_tokens)
-            if label_tokens == 0:
-                raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
-            # not finite on any rank: nothing is updated, on every rank alike
-            grad_norm, applied = strategy.update(grad_norm if norm is not None else None, math.isfinite(loss_sum))
+            step = train_step(strategy, env, micro, cfg.train.clip_grad_norm, stop.signal is not None)
+            loss_sum, label_tokens, tokens, stopping = step.loss_sum, step.label_tokens, step.tokens, step.stopping
+            grad_norm, applied = step.grad_norm, step.applied
             state.step += 1
             state.skips_in_a_row = 0 if applied else state.skips_in_a_row + 1
             state.skipped_steps += 0 if applied else 1
@@ -263,6 +245,47 @@ def train(cfg: Config) -> TrainResult:
     metrics_log.close()
     env.barrier()
     return TrainResult(state, run_dir, checkpoint, export_dir, last, env=env)
+
+
+@dataclass
+class StepResult:
+    """One optimizer step, summed over ranks: loss sum, label and real tokens, whether any rank was asked to stop,
+    the gradient norm before clipping, and whether the update was applied (False: not finite, nothing changed)."""
+
+    loss_sum: float
+    label_tokens: int
+    tokens: int
+    stopping: bool
+    grad_norm: float
+    applied: bool
+
+
+def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | None, stop_requested: bool = False
+               ) -> StepResult:
+    """Forward and backward the micro-batches (host PackedBatches), clip, update: the loop's step, also what the
+    benchmarks time. The host reads from the device once: counts, loss and gradient norm together, after the
+    backward; the label count that scales the loss is summed over ranks on the device."""
+    device = env.device
+    # This rank's label tokens, tokens and stop request, summed over ranks where they are.
+    local = [sum(b.num_label_tokens for b in micro), sum(b.num_tokens for b in micro), stop_requested]
+    counts = env.sum_tensor(torch.tensor(local, dtype=torch.float64).to(device))
+    # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses over the
+    # global label count.
+    scale = (env.world_size / counts[0].clamp(min=1)).float()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in micro:
+        out = strategy.forward_backward(batch.to(device).model_inputs(), scale)
+        loss_sum += out.loss_sum.detach()
+    loss_sum = env.sum_tensor(loss_sum)
+    norm = strategy.clip(clip_grad_norm)
+    # the step's one read from the device
+    read = torch.cat([counts, loss_sum[None], (norm if norm is not None else loss_sum).double().reshape(1)])
+    label_tokens, tokens, stopping, loss, grad_norm = read.tolist()
+    if label_tokens == 0:
+        raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
+    # not finite on any rank: nothing is updated, on every rank alike
+    grad_norm, applied = strategy.update(grad_norm if norm is not None else None, math.isfinite(loss))
+    return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, applied)
 
 
 def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, ident: dict[str, Any], cfg: Config,
