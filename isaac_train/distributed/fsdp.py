@@ -3,7 +3,10 @@
 Built without materialising the model on every rank: rank 0 builds it (initialised from `train.seed` or loaded
 from `model.pretrained`), the other ranks build the structure on the meta device; after sharding, rank 0's
 weights are broadcast into each rank's shards. Mixed precision: bf16 compute with fp32 gradient reduction when
-`train.precision=bf16`, fp32 throughout otherwise. Checkpoints are sharded `torch.distributed.checkpoint` files
+`train.precision=bf16`, fp32 throughout otherwise. With bf16, frozen weights are held (sharded) in bf16 beside
+fp32 trainable ones in the same unit (a LoRA decoder layer holds both): FSDP2 asks for one dtype among a unit's
+trainable parameters only (`FSDPParamGroup._init_mp_dtypes`), and with param_dtype bf16 every all-gather input is
+bf16 anyway. Checkpoints are sharded `torch.distributed.checkpoint` files
 (`dcp` format) that any number of processes can load, this strategy or a single process.
 """
 

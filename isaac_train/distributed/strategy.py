@@ -18,8 +18,9 @@ Checkpoint formats (named in trainer_state.json as `format`):
     deepspeed  deepspeed/ : DeepSpeed's own files (ZeRO partitions; the same world size resumes them)
 scheduler.pt (the learning-rate schedule) is written by rank 0 in every format.
 
-`make_model(device)` builds the model with what trains already set (LoRA applied); `device="meta"` asks for
-the structure only (sharded strategies fill the weights from rank 0 or a checkpoint).
+`make_model(device)` builds the model with what trains already set (LoRA applied) and, under
+`train.precision=bf16`, its frozen weights held in bf16 (train/precision.py; trainable ones stay fp32);
+`device="meta"` asks for the structure only (sharded strategies fill the weights from rank 0 or a checkpoint).
 """
 
 from __future__ import annotations

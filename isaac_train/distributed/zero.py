@@ -1,8 +1,11 @@
 """`strategy=zero1|zero2|zero3`: DeepSpeed ZeRO behind the same seam.
 
 The DeepSpeed config is generated from our settings (`deepspeed_config`), checked before any process starts
-(`check_zero_options`), and never read from a separate JSON file: one source of truth. Weights stay fp32 (the
-master copy); `train.precision=bf16` runs the forward under autocast, as the other strategies do. The optimizer
+(`check_zero_options`), and never read from a separate JSON file: one source of truth. Trainable weights stay
+fp32 (the master copy the optimizer steps); `train.precision=bf16` runs the forward under autocast, as the other
+strategies do, and holds frozen weights in bf16 (DeepSpeed's own bf16 mode stays off: it would also hold the
+trainable weights in bf16 and reduce their gradients in bf16; stages 1-2 never touch frozen parameters, stage 3's
+frozen partitions are cast after the weights are scattered, `cast_partition`). The optimizer
 is our torch AdamW with its parameter groups (passing an object avoids DeepSpeed building FusedAdam). For stage 3
 the model is built inside `deepspeed.zero.Init`, so no rank ever holds more than its partition plus one module
 (weights from `model.pretrained` are loaded the same way, through transformers' ZeRO-3 loading path).
@@ -15,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint.safe_load import deepspeed_loads
@@ -32,7 +36,7 @@ def deepspeed_config(stage: int, grad_accum: int, clip_grad_norm: float | None, 
         "gradient_accumulation_steps": grad_accum,
         "gradient_clipping": float(clip_grad_norm or 0.0),
         "zero_optimization": zero,
-        "bf16": {"enabled": False},  # fp32 master weights; bf16 compute comes from autocast in the loop
+        "bf16": {"enabled": False},  # fp32 trainable weights; bf16 compute from autocast, frozen ones held in bf16
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,
@@ -53,6 +57,15 @@ def check_zero_options(zero_options: dict[str, Any]) -> str | None:
     except Exception as err:  # pydantic's ValidationError names the bad key
         return f"invalid zero_optimization settings {zero_options}: {str(err).splitlines()[0:4]}"
     return None
+
+
+def cast_partition(param) -> None:
+    """One ZeRO-3 parameter to bf16: its partition (`ds_tensor`) and its placeholder, whose dtype the buffers of
+    later all-gathers take (DeepSpeed all-gathers a module's partitions grouped by dtype, so bf16 frozen and fp32
+    trainable parameters can share a module)."""
+    if hasattr(param, "ds_tensor"):
+        param.ds_tensor.data = param.ds_tensor.data.to(torch.bfloat16)
+    param.data = param.data.to(torch.bfloat16)
 
 
 class ZeroStrategy(Strategy):
@@ -101,6 +114,10 @@ class ZeroStrategy(Strategy):
                     param.data.copy_(reference[name])
                 dist.broadcast(param.data, src=0)
         del reference
+        from ..train.precision import frozen_dtype, hold_frozen_in_bf16
+
+        if frozen_dtype(self.precision) == torch.bfloat16:
+            hold_frozen_in_bf16(model, cast=cast_partition)  # as make_model does for the other strategies
         return model
 
     def setup(self, make_model, make_optimizer, make_scheduler) -> None:

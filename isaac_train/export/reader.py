@@ -81,8 +81,8 @@ def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
 
         state = load_file(checkpoint / "model.safetensors")
     elif fmt == "dcp":
-        model.to_empty(device="cpu")
-        state = {k: torch.empty_like(v) for k, v in model.state_dict().items()}
+        # buffers to read into, the model itself stays on meta until they are assigned (one copy, not two)
+        state = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
         load_dcp_state({"model": state}, checkpoint / "dcp", no_dist=True)
     elif fmt == "deepspeed":
         try:

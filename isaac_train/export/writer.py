@@ -83,17 +83,72 @@ def logits_of(model: nn.Module, sample: dict[str, torch.Tensor]) -> torch.Tensor
     return model(**sample).logits.float()
 
 
-def merged_copy(model: nn.Module) -> nn.Module:
-    """A plain IsaacForConditionalGeneration: LoRA merged into a copy when the model is a peft model."""
+def merged_copy(model: nn.Module, in_place: bool = False) -> nn.Module:
+    """A plain IsaacForConditionalGeneration: LoRA merged into a copy when the model is a peft model (into `model`
+    itself with `in_place`, for a copy the caller made already)."""
     from ..model import IsaacForConditionalGeneration
 
     if isinstance(model, IsaacForConditionalGeneration):
-        return copy.deepcopy(model)
+        return model if in_place else sharing_copy(model, {})
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        return copy.deepcopy(model).merge_and_unload()
+        if in_place:
+            return model.merge_and_unload()
+        merged = lora_merged_weights(model)
+        if merged is None:  # LoRA variants merged_weights does not handle: peft's own merge, on a full copy
+            return copy.deepcopy(model).merge_and_unload()
+        return sharing_copy(model.get_base_model(), merged)
     raise TypeError(f"cannot export a {type(model).__name__}: expected an Isaac model or a peft model around one")
+
+
+def lora_merged_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """{plain Isaac weight name: base weight + LoRA delta} for every LoRA Linear of a peft `model`, computed as
+    peft's merge does (the same `get_delta_weight`, added to the base weight; in fp32 when the base is held in a
+    lower precision). None when a module is not a plain LoRA Linear (DoRA, merged already, several adapters)."""
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.lora import LoraLayer
+
+    merged = {}
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        adapters = list(module.active_adapters)
+        if (not isinstance(module, LoraLinear) or module.merged or len(adapters) != 1
+                or module.use_dora.get(adapters[0], False)):
+            return None
+        weight = module.get_base_layer().weight
+        base = weight.detach() if weight.dtype == torch.float32 else weight.detach().float()
+        merged[f"{name}.weight"] = base + module.get_delta_weight(adapters[0]).float()
+    return merged
+
+
+def sharing_copy(isaac: nn.Module, replaced: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain IsaacForConditionalGeneration holding `isaac`'s tensors themselves (no copy; peft's `base_layer`
+    names mapped back, LoRA weights left out) except those in `replaced`: a merged model that costs only the
+    merged weights, where a deep copy would cost a second model."""
+    from ..model import IsaacForConditionalGeneration
+
+    state = {}
+    for key, value in isaac.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        state[key] = replaced.get(key, value)
+    with torch.device("meta"):
+        plain = IsaacForConditionalGeneration(copy.deepcopy(isaac.config))
+    plain.load_state_dict(state, strict=True, assign=True)
+    plain.generation_config = copy.deepcopy(isaac.generation_config)
+    return plain
+
+
+def fp32_copy_if_needed(model: nn.Module) -> tuple[nn.Module, bool]:
+    """(`model`, False) when every floating-point weight is fp32, else (an fp32 copy, True): a train.precision=bf16
+    run holds its frozen weights in bf16, and merging and verifying run in fp32 (bf16 -> fp32 is exact, so a bf16
+    base written in bf16 comes out byte for byte)."""
+    if all(p.dtype == torch.float32 for p in model.parameters() if p.is_floating_point()):
+        return model, False
+    return copy.deepcopy(model).float(), True
 
 
 def parameter_parts(model: nn.Module) -> dict[str, int]:
@@ -186,6 +241,9 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
         raise ValueError("an adapter export needs the base checkpoint directory it applies to (model.pretrained); "
                          "this run trained from a built-in size: export merged weights instead")
     refuse_non_finite(model)
+    model, owned = fp32_copy_if_needed(model)
+    if owned:
+        log("export: an fp32 copy of the model (its frozen weights are held in bf16)")
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -200,8 +258,9 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
         layout = layout or "0.1"
     else:
         log(f"export: {'merging LoRA into ' if is_lora else ''}a copy of the model")
-        exported = merged_copy(model)
-        merge_diff = _check_merge(model, exported, sample) if is_lora and verify else None
+        reference = logits_of(model, sample) if is_lora and verify else None  # before a merge in place
+        exported = merged_copy(model, in_place=owned)
+        merge_diff = _check_merge(reference, exported, sample) if reference is not None else None
         layout = layout or exported.config.checkpoint_layout
         exported.config.checkpoint_layout = layout
         exported.to(torch_dtype)
@@ -217,7 +276,10 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
             summary.max_logit_diff = verify_adapter(model, tmp, base, sample, torch_dtype)
         else:
             summary.max_merge_diff = merge_diff
-            summary.max_logit_diff = _verify_merged(exported, tmp, sample, torch_dtype, layout)
+            _check_written(exported, tmp, layout)
+            expected = logits_of(exported, sample)
+            del exported, model  # the reload need not sit beside the exported copy (it may be one, `owned`)
+            summary.max_logit_diff = _check_reload(tmp, sample, torch_dtype, expected)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
@@ -227,9 +289,9 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
     return summary
 
 
-def _check_merge(trained: nn.Module, merged: nn.Module, sample: dict) -> float:
-    """Logits of the merged fp32 copy against the LoRA model as trained (the merge must lose nothing)."""
-    reference = logits_of(trained, sample)
+def _check_merge(reference: torch.Tensor, merged: nn.Module, sample: dict) -> float:
+    """Logits of the merged fp32 copy against the LoRA model's as trained, `reference` (the merge must lose
+    nothing)."""
     diff = float((logits_of(merged, sample) - reference).abs().max())
     if diff > MERGE_TOLERANCE * max(1.0, float(reference.abs().max())):
         raise ExportVerificationError(f"the merged weights' logits differ from the trained model's by {diff:.3e}: "
@@ -240,21 +302,42 @@ def _check_merge(trained: nn.Module, merged: nn.Module, sample: dict) -> float:
 def _verify_merged(exported: nn.Module, tmp: Path, sample: dict, torch_dtype: torch.dtype, layout: str) -> float:
     """Every tensor written equals the exported model's (by name, in the layout), and the directory reloads with
     the Auto classes to the same logits. Returns the max |logit difference| (0.0 when it passes)."""
-    from transformers import AutoModelForImageTextToText
+    _check_written(exported, tmp, layout)
+    return _check_reload(tmp, sample, torch_dtype, logits_of(exported, sample))
+
+
+def _check_written(exported: nn.Module, tmp: Path, layout: str) -> None:
+    """The tensors in `tmp` are exactly the exported model's, by name in `layout`; read one tensor at a time (a
+    2B model's files would otherwise sit in memory beside the model)."""
+    from safetensors import safe_open
 
     from ..model.layouts import to_layout
 
     expected = to_layout(exported.state_dict(), layout)
-    written = written_tensors(tmp)
-    missing, extra = sorted(set(expected) - set(written)), sorted(set(written) - set(expected))
+    seen, extra, differ = set(), [], []
+    for file in sorted(tmp.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open has keys(), no iteration)
+                if key not in expected:
+                    extra.append(key)
+                    continue
+                seen.add(key)
+                if not torch.equal(expected[key], f.get_tensor(key)):
+                    differ.append(key)
+    missing = sorted(set(expected) - seen)
     if missing or extra:
         raise ExportVerificationError(f"the export in {tmp} misses {missing[:5]} ({len(missing)}) and has extra "
-                                      f"{extra[:5]} ({len(extra)}) tensors")
-    differ = [k for k in expected if not torch.equal(expected[k], written[k])]
+                                      f"{sorted(extra)[:5]} ({len(extra)}) tensors")
     if differ:
         raise ExportVerificationError(f"{len(differ)} tensors in {tmp} differ from the model, e.g. {differ[:5]}")
+
+
+def _check_reload(tmp: Path, sample: dict, torch_dtype: torch.dtype, expected: torch.Tensor) -> float:
+    """`tmp` reloads with the Auto classes to the exported weights' logits `expected`, exactly."""
+    from transformers import AutoModelForImageTextToText
+
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp, dtype=torch_dtype)
-    diff = float((logits_of(reloaded, sample) - logits_of(exported, sample)).abs().max())
+    diff = float((logits_of(reloaded, sample) - expected).abs().max())
     if diff != 0.0:
         raise ExportVerificationError(f"the reloaded export's logits differ from the exported weights' by {diff:.3e}: "
                                       f"{tmp} does not load as written")

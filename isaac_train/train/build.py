@@ -15,6 +15,7 @@ from ..model import IsaacConfig, IsaacForConditionalGeneration
 from ..model.tiny import small_config, tiny_config
 from ..processing.processor import IsaacProcessor
 from ..processing.tiny_tokenizer import build_tiny_tokenizer
+from .precision import frozen_dtype, hold_frozen_in_bf16
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,10 @@ def build_model(cfg: Config, config: IsaacConfig) -> IsaacForConditionalGenerati
 
 def model_factory(cfg: Config, config: IsaacConfig):
     """`make(device)` -> the model to train, with what trains set, LoRA applied, activation checkpointing and
-    compile switched on. `device="meta"` or `weights=False` build the structure only (no weights read, nothing
-    initialised): sharded strategies fill it from rank 0 or a checkpoint."""
+    compile switched on; with `train.precision=bf16` its frozen weights are held in bf16 (`hold_frozen_in_bf16`).
+    `device="meta"` or `weights=False` build the structure only (no weights read, nothing initialised): sharded
+    strategies fill it from rank 0 or a checkpoint. `weights=False` (DeepSpeed zero.Init) leaves every weight in
+    fp32: ZeroStrategy casts the frozen partitions itself."""
 
     def make(device: torch.device | str, weights: bool = True) -> nn.Module:
         if str(device) == "meta":
@@ -65,6 +68,8 @@ def model_factory(cfg: Config, config: IsaacConfig):
         set_trainable(model, cfg)
         if cfg.peft.kind == "lora":
             model = apply_lora(model, cfg)
+        if weights and frozen_dtype(cfg.train.precision) == torch.bfloat16:
+            hold_frozen_in_bf16(model)  # before the move to the device: the GPU never holds them in fp32
         isaac = isaac_of(model)
         if cfg.model.activation_checkpointing:
             isaac.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from typing import Any
 
@@ -65,13 +66,16 @@ def generate_samples(model, processor: IsaacProcessor, shards: Any, n: int, devi
     was_training = model.training
     model.eval()
     rows = []
+    # frozen weights held in bf16 (train.precision=bf16) beside fp32 ones: generate under bf16 autocast, as it trains
+    held_bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     for conv in eval_conversations(shards, n):
         last = conv["messages"][-1]["content"]
         question = last if isinstance(last, str) else " ".join(
             i.get("text", "") for i in last if i.get("type") == "text")
         image = PIL.Image.open(io.BytesIO(conv["images"][0])).convert("RGB") if conv["images"] else None
-        rows.append({"key": conv["key"], "question": question, "expected": conv["expected"],
-                     "generated": answer(model, processor, conv["messages"], conv["images"], device, synced=synced),
+        with torch.autocast(device.type, dtype=torch.bfloat16) if held_bf16 else contextlib.nullcontext():
+            generated = answer(model, processor, conv["messages"], conv["images"], device, synced=synced)
+        rows.append({"key": conv["key"], "question": question, "expected": conv["expected"], "generated": generated,
                      "image": image})
     model.train(was_training)
     return rows

@@ -41,6 +41,7 @@ from ..metrics.logger import MetricsLogger
 from ..metrics.window import StepWindow
 from . import build
 from .evaluate import eval_loss, generate_samples
+from .precision import describe_parameter_memory
 
 logger = logging.getLogger(__name__)
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpointed, start me again"
@@ -164,7 +165,8 @@ def train(cfg: Config) -> TrainResult:
                                 total_steps=cfg.train.max_steps, start_step=state.step, wandb_mode=cfg.logging.wandb,
                                 project=cfg.logging.project, name=cfg.run.name, progress=cfg.logging.progress)
     metrics_log.write(f"isaac-train: {cfg.recipe or 'custom'} on {device} x {env.world_size} ({strategy.name}), "
-                      f"{trainable / 1e6:.2f}M trainable parameters, run dir {run_dir}")
+                      f"{trainable / 1e6:.2f}M trainable parameters ({describe_parameter_memory(strategy.model)}), "
+                      f"run dir {run_dir}")
     trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)
     window = StepWindow(model_parts(isaac), trains, device_peak_flops(device), loader.data_wait_s)
     stop = StopFlag()
