@@ -120,24 +120,24 @@ def _per_segment(query, key, value, spec: AttentionSpec, scaling, dropout, train
     """
     b, h, t, d = query.shape
     bounds = spec.segments
+    lengths = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    # (B, H, T, D) -> (B*T, H, D) (a view: transformers' q/k/v are transposed (B, T, H, D) projections), cut into
+    # segments with one split, whose backward is one concatenation (slicing each segment out would zero-fill a
+    # whole-row gradient per segment)
+    flat = [x.transpose(1, 2).reshape(b * t, x.shape[1], d).split(lengths) for x in (query, key, value)]
     by_length: dict[int, list[int]] = {}
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        if i not in spec.skip and hi > lo:
-            by_length.setdefault(hi - lo, []).append(i)
+    for i, length in enumerate(lengths):
+        if i not in spec.skip and length:
+            by_length.setdefault(length, []).append(i)
     pieces: dict[int, torch.Tensor] = {}
-    for length, members in by_length.items():
-        # a segment never crosses a row: row lo // t, columns lo % t onwards (a view)
-        views = [[x[lo // t, :, lo % t : lo % t + length] for lo in (bounds[i] for i in members)]
-                 for x in (query, key, value)]
+    for members in by_length.values():
         if len(members) == 1:
-            q, k, v = (parts[0][None] for parts in views)
+            q, k, v = (parts[members[0]].transpose(0, 1)[None] for parts in flat)
         else:
-            q, k, v = (torch.stack(parts) for parts in views)
+            q, k, v = (torch.stack([parts[i] for i in members]).transpose(1, 2) for parts in flat)
         out = _attend(q, k, v, spec, scaling, dropout, training).transpose(1, 2)  # (n, L, H, D)
         pieces.update(zip(members, out.unbind(0), strict=True))
-    ordered = []
-    for i, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-        ordered.append(pieces[i] if i in pieces else query.new_zeros(hi - lo, h, d))
+    ordered = [pieces[i] if i in pieces else query.new_zeros(n, h, d) for i, n in enumerate(lengths)]
     return torch.cat(ordered).view(b, t, h, d)
 
 
