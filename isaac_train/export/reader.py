@@ -100,8 +100,10 @@ def read_weights(model: nn.Module, checkpoint: Path, fmt: str) -> None:
     if missing or extra:
         raise ValueError(f"checkpoint {checkpoint} ({fmt}) does not match the run's model: missing {missing[:5]} "
                          f"({len(missing)}), unexpected {extra[:5]} ({len(extra)})")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True,
-                          assign=True)
+    for key, value in state.items():  # to fp32 one tensor at a time: each bf16 buffer goes as its fp32 copy comes
+        if value.is_floating_point() and value.dtype != torch.float32:
+            state[key] = value.float()
+    model.load_state_dict(state, strict=True, assign=True)
 
 
 def _add_frozen_from_module_states(state: dict[str, torch.Tensor], directory: Path, model: nn.Module) -> None:
