@@ -188,6 +188,9 @@ def _varlen(query, key, value, spec: AttentionSpec, scaling):
     return out.view(b, t, h, d)
 
 
+# Compiled layers (model.compile) call attention as it is: its inputs describe this batch's documents (host lists,
+# a per-segment loop), which compiled code would specialise on and recompile for at every new batch.
+@torch.compiler.disable
 def isaac_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,

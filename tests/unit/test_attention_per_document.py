@@ -137,3 +137,22 @@ def test_no_row_by_row_or_patch_by_patch_tensor_is_made(tiny_model, backend):
         patch.setattr(attention, "_per_segment", dense_reference)
         tiny_model(**batch).loss_sum.backward()
     assert {shape[-1] for _, shape in reference.seen} == {96, 40}  # the check can see a dense mask
+
+
+def test_compiled_layers_do_not_recompile_for_new_layouts(tiny_model):
+    """model.compile compiles each layer: a batch with other documents must not recompile it (the attention,
+    whose inputs describe the batch's documents, runs outside the compiled graphs)."""
+    import torch._dynamo
+
+    tiny_model.train()
+    for block in tiny_model.model.layers:
+        block.compile(dynamic=True, backend="eager")  # dynamo's guards are what matters, not the backend
+    layouts = [([[7, (4, 6), 5], [11]], 70), ([[3], [9], [20]], 72), ([[5, (2, 2), 8], [2], [2], [30]], 80),
+               ([[12], [40]], 96)]
+    try:
+        for i, (docs, pad_to) in enumerate(layouts):
+            torch._dynamo.config.error_on_recompile = i >= 2  # the first two calls settle the dynamic shapes
+            tiny_model(**packed_batch(docs, pad_to)).loss.backward()
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        torch._dynamo.reset()
