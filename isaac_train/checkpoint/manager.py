@@ -60,6 +60,7 @@ class TrainState:
     images: int = 0
     skipped_steps: int = 0  # steps whose loss or gradient norm was not finite: no update was applied
     skips_in_a_row: int = 0
+    eval_failures: int = 0  # periodic evaluations that raised: reported, counted, training went on
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -74,11 +74,24 @@ class MetricsLogger:
             for row in rows:
                 f.write(json.dumps({"step": step, **{k: v for k, v in row.items() if k != "image"}}) + "\n")
         if self.wandb is not None:
-            import wandb
+            self._wandb_table(name, rows, step)
 
-            columns = list(rows[0])
-            data = [[wandb.Image(r[c]) if c == "image" and r[c] is not None else r[c] for c in columns] for r in rows]
-            self.wandb.log({name: wandb.Table(columns=columns, data=data)}, step=step)
+    def _wandb_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
+        """The table with its images. wandb (0.31) writes a table logged with `log` with the string "Image" where
+        an image goes, so the table travels in an artifact (which stores each image), and the images are also
+        logged as a media list (PNGs in the run's media/, captioned with the row's key and answer)."""
+        import wandb
+
+        columns = list(rows[0])
+        data = [[wandb.Image(r[c]) if c == "image" and r[c] is not None else _cell(r[c]) for c in columns]
+                for r in rows]
+        table = wandb.Table(columns=columns, data=data)
+        images = [wandb.Image(r["image"], caption=f"{r.get('key', '')}: {r.get('generated', '')}"[:200])
+                  for r in rows if r.get("image") is not None]
+        self.wandb.log({name: table, **({f"{name}_images": images} if images else {})}, step=step)
+        artifact = wandb.Artifact(f"{name}-{self.wandb.id}", type="predictions", metadata={"step": step})
+        artifact.add(table, f"{name}_step{step:07d}")
+        self.wandb.log_artifact(artifact)
 
     def write(self, message: str) -> None:
         if self.rank == 0:
@@ -89,6 +102,11 @@ class MetricsLogger:
             self.bar.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _cell(value: Any) -> Any:
+    """A table cell W&B can type: lists and dicts as JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def truncate_after(path: Path, step: int) -> None:

@@ -361,6 +361,17 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
 
     # ---- generation -------------------------------------------------------------------------------------
 
+    def generate(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        """transformers' `generate`, never emitting the image placeholder (`config.image_token_id`): only the
+        processor places it, and a generated one would be taken for an image at the next step. It is added to
+        `suppress_tokens` (greedy, sampling and beam search alike)."""
+        suppress = kwargs.get("suppress_tokens")
+        if suppress is None:
+            config = kwargs.get("generation_config") or self.generation_config
+            suppress = getattr(config, "suppress_tokens", None)
+        kwargs["suppress_tokens"] = sorted({*(suppress or []), self.config.image_token_id})
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.Tensor,

@@ -47,6 +47,13 @@ def eval_conversations(shards: Any, n: int) -> list[dict[str, Any]]:
     return found
 
 
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text items of a content list joined by spaces."""
+    if isinstance(content, str):
+        return content
+    return " ".join(i.get("text", "") for i in content if isinstance(i, dict) and i.get("type") == "text")
+
+
 @torch.no_grad()
 def answer(model, processor: IsaacProcessor, messages: list[dict], images: list[bytes], device: torch.device,
            max_new_tokens: int = 48, synced: bool = False) -> str:
@@ -69,13 +76,12 @@ def generate_samples(model, processor: IsaacProcessor, shards: Any, n: int, devi
     # frozen weights held in bf16 (train.precision=bf16) beside fp32 ones: generate under bf16 autocast, as it trains
     held_bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
     for conv in eval_conversations(shards, n):
-        last = conv["messages"][-1]["content"]
-        question = last if isinstance(last, str) else " ".join(
-            i.get("text", "") for i in last if i.get("type") == "text")
+        question = content_text(conv["messages"][-1]["content"])
         image = PIL.Image.open(io.BytesIO(conv["images"][0])).convert("RGB") if conv["images"] else None
         with torch.autocast(device.type, dtype=torch.bfloat16) if held_bf16 else contextlib.nullcontext():
             generated = answer(model, processor, conv["messages"], conv["images"], device, synced=synced)
-        rows.append({"key": conv["key"], "question": question, "expected": conv["expected"], "generated": generated,
+        rows.append({"key": conv["key"], "question": question, "expected": content_text(conv["expected"]),
+                     "generated": generated,
                      "image": image})
     model.train(was_training)
     return rows

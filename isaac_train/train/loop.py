@@ -211,7 +211,7 @@ def train(cfg: Config) -> TrainResult:
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
                     and (env.is_main or strategy.eval_on_all_ranks):
                 watchdog.beat(state.step)
-                _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
+                _evaluate_or_report(cfg, strategy, processor, data, device, state, metrics_log, env)
                 strategy.model.train()
 
             final = state.step == cfg.train.max_steps
@@ -367,6 +367,27 @@ def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
         choice = str(latest) if latest is not None else None
     choice = env.gather(choice)[0]
     return Path(choice) if choice else None
+
+
+def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device, state: TrainState,
+                        metrics_log: MetricsLogger, env) -> None:
+    """Periodic evaluation that never ends the run: an exception is logged with its traceback, counted
+    (`eval_failures` in metrics.jsonl and trainer_state.json) and training goes on. With sharded weights every
+    rank evaluates; a failure on all ranks alike (the usual case: the same data, the same weights) is caught on
+    each and agreed, one on a single rank leaves the others in a collective until strategy.timeout_s."""
+    failed = None
+    try:
+        _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
+    except Exception as err:  # noqa: BLE001  (any evaluation error: reported, never fatal)
+        logger.exception("evaluation at step %d failed", state.step)
+        failed = f"{type(err).__name__}: {str(err)[:300]}"
+    if strategy.eval_on_all_ranks and env.any(failed is not None):  # every rank takes part in this collective
+        failed = failed or "on another rank"
+    if failed is not None:
+        state.eval_failures += 1
+        metrics_log.write(f"step {state.step}: evaluation failed ({failed}); training goes on "
+                          f"({state.eval_failures} failed so far; the traceback is in the log)")
+        metrics_log.log(state.step, {"eval_failures": state.eval_failures})
 
 
 def _evaluate(cfg: Config, strategy: Strategy, processor, data, device, step: int, metrics_log: MetricsLogger) -> None:

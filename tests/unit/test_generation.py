@@ -77,3 +77,48 @@ def test_generate_from_a_tensor_stream(tiny_model):
                                           tensor_stream=stream, **GREEDY)
         from_ids = tiny_model.generate(**prompt, **GREEDY)
     assert torch.equal(from_stream, from_ids)
+
+
+def _favour_image_token(model):
+    """Add 100 to the image placeholder's logit at every position (a forward hook on the LM head)."""
+    from ..conftest import IMAGE_TOKEN
+
+    def favour(_module, _args, logits):
+        bump = torch.zeros(logits.shape[-1], dtype=logits.dtype)
+        bump[IMAGE_TOKEN] = 100.0
+        return logits + bump
+
+    model.lm_head.register_forward_hook(favour)
+    return IMAGE_TOKEN
+
+
+def test_generation_never_emits_the_image_placeholder(tiny_model):
+    """A model whose logits favour <|image_pad|> generates other tokens, greedy, sampling and batched; without the
+    suppression it would emit it (and the next step would take it for an image)."""
+    image_token = _favour_image_token(tiny_model)
+    a, b = _prompt(4, [6, (4, 4), 3]), _prompt(5, [9])
+    with torch.no_grad():
+        logits = tiny_model(**a).logits[0, -1]
+        assert int(logits.argmax()) == image_token  # the model wants the placeholder
+        greedy = tiny_model.generate(**a, **GREEDY)
+        sampled = tiny_model.generate(**a, do_sample=True, top_k=0, max_new_tokens=8, eos_token_id=None,
+                                      pad_token_id=0)
+        la, lb = a["input_ids"].shape[1], b["input_ids"].shape[1]
+        ids, mask = torch.zeros(2, la, dtype=torch.long), torch.zeros(2, la, dtype=torch.long)
+        ids[0], mask[0] = a["input_ids"][0], 1
+        ids[1, la - lb:], mask[1, la - lb:] = b["input_ids"][0], 1
+        batched = tiny_model.generate(input_ids=ids, attention_mask=mask, pixel_values=a["pixel_values"],
+                                      image_grid_hw=a["image_grid_hw"], **GREEDY)
+    for out, n in ((greedy, la), (sampled, la), (batched, la)):
+        assert out.shape[1] == n + 8
+        assert not (out[:, n:] == image_token).any()
+
+
+def test_callers_suppressed_tokens_are_kept(tiny_model):
+    image_token = _favour_image_token(tiny_model)
+    prompt = _prompt(6, [7])
+    with torch.no_grad():
+        first = int(tiny_model.generate(**prompt, **GREEDY)[0, -8])
+        out = tiny_model.generate(**prompt, **GREEDY, suppress_tokens=[first])
+    generated = out[0, -8:]
+    assert not (generated == image_token).any() and not (generated == first).any()

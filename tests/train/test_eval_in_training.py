@@ -1,0 +1,52 @@
+"""Periodic evaluation during training: a failing evaluation is reported and counted and the run goes on; the
+eval table carries the expected answer's text and, in W&B, the images."""
+
+from __future__ import annotations
+
+import json
+
+from isaac_train.checkpoint.manager import CheckpointManager
+from isaac_train.train import loop
+from isaac_train.train.cli import compose_config
+
+from .conftest import tiny_overrides
+
+
+def _eval_run(train_shards, out, *extra):
+    return compose_config(tiny_overrides(train_shards, out, f"data.eval_shards={train_shards}", "train.max_steps=4",
+                                         "train.eval_every=2", "train.eval_batches=1", "train.eval_generate=2",
+                                         "train.save_every=2", *extra))
+
+
+def test_a_failing_evaluation_is_counted_and_training_goes_on(train_shards, tmp_path, monkeypatch, capfd):
+    def broken(*_a, **_k):
+        raise ValueError("input_ids hold 1 image tokens (id 498) but no pixel_values were given")
+
+    monkeypatch.setattr(loop, "generate_samples", broken)
+    out = tmp_path / "run"
+    result = loop.train(_eval_run(train_shards, out))
+    assert result.state.step == 4 and result.state.eval_failures == 2
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_failures"] for r in records if "eval_failures" in r] == [1, 2]
+    assert max(r["step"] for r in records if "loss" in r) == 4
+    printed = capfd.readouterr().out
+    assert "step 2: evaluation failed (ValueError: input_ids hold 1 image tokens" in printed
+    saved = CheckpointManager(out / "checkpoints").meta(CheckpointManager(out / "checkpoints").latest())
+    assert saved["train_state"].eval_failures == 2  # counted across a resume too
+
+
+def test_eval_table_has_the_expected_text_and_wandb_gets_the_images(train_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb_data"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    loop.train(_eval_run(train_shards, out, "logging.wandb=offline"))
+    rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
+    assert rows and all(isinstance(r["expected"], str) and r["expected"] for r in rows), rows[:2]
+    assert not any(r["expected"].startswith("[{") for r in rows)
+    pngs = list(out.rglob("media/images/*.png"))
+    assert pngs, "the eval images are logged as PNGs in the offline run"
+    tables = list(out.rglob("media/table/*.table.json"))
+    assert tables and "eval_samples" in tables[0].name
