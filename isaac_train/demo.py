@@ -6,8 +6,9 @@
    run.output_dir/data on first use, trains the small Isaac on CPU with a progress bar, checkpoints, and exports a
    Hugging Face directory to run.output_dir/hf. Running it again resumes from the last checkpoint.
 2. Reloads run.output_dir/hf with `AutoModelForImageTextToText` / `AutoProcessor` and answers the held-out
-   questions; an answer counts as right when it equals the expected sentence, or for a box, when its IoU with the
-   expected box is at least 0.5. Prints each question type's accuracy against chance.
+   questions, scored with isaac_train.eval: an answer counts as right when it equals the expected sentence (after
+   light normalisation), or for a box, when the expected box is found at IoU >= 0.5. Prints each question type's
+   accuracy against chance.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 import isaac_train  # noqa: F401  (Auto classes)
 from isaac_train.config.schema import ConfigError
-from isaac_train.processing.grounding import parse_grounding
+from isaac_train.eval import exact_match, grounding
 from isaac_train.train.cli import compose_config, report_config_error
 from isaac_train.train.evaluate import answer, eval_conversations
 from isaac_train.train.loop import exit_code, train
@@ -30,19 +31,13 @@ from isaac_train.train.loop import exit_code, train
 CHANCE = {"colour": 1 / 4, "count": 1 / 3, "location": 1 / 5, "grounding": 0.0}
 
 
-def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def is_correct(kind: str, generated: str, expected: str) -> bool:
+    """Text: the expected sentence (isaac_train.eval's exact match); a box: every expected box found at IoU >= 0.5
+    (isaac_train.eval's grounding matching)."""
     if kind != "grounding":
-        return generated.strip() == expected.strip()
-    got, want = parse_grounding(generated), parse_grounding(expected)
-    return bool(got and want and got[0].box and box_iou(got[0].box, want[0].box) >= 0.5)
+        return bool(exact_match(generated, expected))
+    counts = grounding(generated, expected)
+    return counts["expected_boxes"] > 0 and counts["true_positives"] == counts["expected_boxes"]
 
 
 def held_out_accuracy(export_dir: Path, eval_dir: str, n: int, show: int = 8) -> dict[str, float]:
