@@ -163,6 +163,7 @@ def synthetic_batch(config, seq: int, docs: int, grids: list[tuple[int, int]], s
     import torch
 
     from isaac_train.data.packing import PackedBatch
+    from isaac_train.model.packed import PackedLayout
     from isaac_train.model.rope import mrope_positions
 
     gen = torch.Generator().manual_seed(seed)
@@ -175,7 +176,7 @@ def synthetic_batch(config, seq: int, docs: int, grids: list[tuple[int, int]], s
     text = seq - sum(image_tokens)
     if len(grids) > docs or text < docs * 16:
         raise ValueError(f"cannot pack {len(grids)} images and {docs} documents into {seq} tokens")
-    ids, labels, lengths, label_tokens = [], [], [], 0
+    ids, labels, lengths = [], [], []
     for d in range(docs):
         n_text = text // docs if d < docs - 1 else text - (text // docs) * (docs - 1)
         doc = torch.randint(lo, hi, (n_text,), generator=gen)
@@ -187,7 +188,6 @@ def synthetic_batch(config, seq: int, docs: int, grids: list[tuple[int, int]], s
         ids.append(doc)
         labels.append(lab)
         lengths.append(len(doc))
-        label_tokens += int((lab[1:] != -100).sum())
     input_ids = torch.cat(ids)
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     starts = torch.zeros(seq, dtype=torch.bool)
@@ -196,10 +196,14 @@ def synthetic_batch(config, seq: int, docs: int, grids: list[tuple[int, int]], s
     positions = mrope_positions(input_ids == config.image_token_id, grid_t // merge, starts)
     vc = config.vision_config
     patches = torch.randn(sum(h * w for h, w in grids), vc.num_channels * vc.patch_size**2, generator=gen)
+    label_rows = torch.cat(labels)[None]
+    # the host's layout, as the packer makes it: the step reads nothing back from the device to learn it
+    layout = PackedLayout.from_inputs(cu.tolist(), label_rows, image_grids=[tuple(g) for g in grids],
+                                      image_tokens=sum(image_tokens))
     return PackedBatch(
-        input_ids=input_ids[None], labels=torch.cat(labels)[None], position_ids=positions[None], cu_seqlens=cu,
+        input_ids=input_ids[None], labels=label_rows, position_ids=positions[None], cu_seqlens=cu,
         pixel_values=patches if grids else None, image_grid_hw=grid_t,
-        sample_keys=[[f"doc{d}" for d in range(docs)]], meta={"padding": 0, "label_tokens": label_tokens},
+        sample_keys=[[f"doc{d}" for d in range(docs)]], meta={"padding": 0}, layout=layout,
     )
 
 

@@ -115,7 +115,7 @@ class PackedBatch:
     @property
     def num_label_tokens(self) -> int:
         """Next-token targets in the batch (a document's first token is never a target): what the loss counts."""
-        return int(self.meta["label_tokens"])
+        return self.layout.num_label_tokens
 
     @property
     def fill(self) -> float:
@@ -148,7 +148,7 @@ def item_from_sample(sample: EncodedSample, address: Any, key: str) -> PackItem:
 def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> PackedBatch:
     """Concatenate each row's samples, pad its tail, and gather images in order."""
     ids, labels, positions, bounds, keys, patches, grids = [], [], [], [0], [], [], []
-    padding = label_tokens = 0
+    padding = 0
     pad_segments: list[int] = []
     for r, row in enumerate(rows):
         base = r * seq_len
@@ -159,7 +159,6 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
             positions.append(item.positions)
             used += item.length
             bounds.append(base + used)
-            label_tokens += int((item.sample.labels[1:] != IGNORE_INDEX).sum())
             if item.sample.pixel_values is not None:
                 patches.append(item.sample.pixel_values)
                 grids.append(item.sample.image_grid_hw)
@@ -189,7 +188,7 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
         pixel_values=torch.cat(patches) if patches else None,
         image_grid_hw=grid_hw,
         sample_keys=keys,
-        meta={"padding": padding, "label_tokens": label_tokens},
+        meta={"padding": padding},
         layout=layout,
     )
 
