@@ -18,13 +18,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-import torch
-
 import isaac_train  # noqa: F401  (Auto classes)
 from isaac_train.config.schema import ConfigError
-from isaac_train.eval import exact_match, grounding
+from isaac_train.eval import exact_match, generate_answers, grounding, read_eval_samples
 from isaac_train.train.cli import compose_config, report_config_error
-from isaac_train.train.evaluate import answer, eval_conversations
 from isaac_train.train.loop import exit_code, train
 
 # Chance of a blind guess per question type (colours: 4, counts: 3, places: 5; a box: ~0).
@@ -41,21 +38,21 @@ def is_correct(kind: str, generated: str, expected: str) -> bool:
 
 
 def held_out_accuracy(export_dir: Path, eval_dir: str, n: int, show: int = 8) -> dict[str, float]:
-    """Reload the export and score its answers on the first `n` held-out conversations."""
+    """Reload the export and score its answers (generated 8 at a time) on the first `n` held-out conversations."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(export_dir)
     model = AutoModelForImageTextToText.from_pretrained(export_dir).eval()
+    samples = read_eval_samples(eval_dir, n).samples
+    answers = generate_answers(model, processor, samples, batch_size=8, max_new_tokens=48)
     right, total = defaultdict(int), defaultdict(int)
-    for i, conv in enumerate(eval_conversations(eval_dir, n)):
-        kind = (conv.get("meta") or {}).get("type", "other")
-        generated = answer(model, processor, conv["messages"], conv["images"], torch.device("cpu"))
-        ok = is_correct(kind, generated, conv["expected"])
+    for i, (sample, generated) in enumerate(zip(samples, answers, strict=True)):
+        kind = sample.meta.get("type", "other")
+        ok = is_correct(kind, generated, sample.expected)
         right[kind] += ok
         total[kind] += 1
         if i < show:
-            question = conv["messages"][-1]["content"][-1]["text"]
-            print(f"  [{'ok' if ok else '--'}] {question}  ->  {generated}")
+            print(f"  [{'ok' if ok else '--'}] {sample.question}  ->  {generated}")
     accuracy = {k: right[k] / total[k] for k in sorted(total)}
     for kind in sorted(total):
         print(f"  {kind:>9}: {right[kind]:3d}/{total[kind]:3d} = {accuracy[kind]:.0%}  "

@@ -65,8 +65,10 @@ class TrainConfig:
     clip_grad_norm: float | None = 1.0
     log_every: int = 10
     eval_every: int = 0  # 0: no periodic eval
-    eval_batches: int = 20
-    eval_generate: int = 4  # generated samples shown at each eval
+    eval_batches: int = 20  # eval-loss batches at each eval
+    eval_samples: int = 32  # eval samples answered and scored at each eval (split over ranks); 0: loss only
+    eval_batch_size: int = 8  # prompts generated together
+    eval_max_new_tokens: int = 48
     save_every: int = 0  # 0: only at the end
     keep_last: int = 3
     max_skipped_steps: int = 3  # non-finite steps in a row (each skipped, nothing updated) before the run stops
@@ -202,7 +204,9 @@ def validate(cfg: Config) -> None:
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: no periodic eval)")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0 (0: save only at the end)")
     _check(t.eval_batches >= 1, "train.eval_batches", "must be >= 1")
-    _check(t.eval_generate >= 0, "train.eval_generate", "must be >= 0")
+    _check(t.eval_samples >= 0, "train.eval_samples", "must be >= 0 (0: eval loss only)")
+    _check(t.eval_batch_size >= 1, "train.eval_batch_size", "must be >= 1")
+    _check(t.eval_max_new_tokens >= 1, "train.eval_max_new_tokens", "must be >= 1")
     _check(t.eval_every == 0 or d.eval_shards is not None or d.demo, "data.eval_shards",
            "train.eval_every > 0 needs data.eval_shards (or data.demo=true)")
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")

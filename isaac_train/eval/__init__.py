@@ -1,5 +1,7 @@
-"""Evaluation: task metrics of generated answers (metrics.py)."""
+"""Evaluation: eval samples (samples.py), batched generation split over ranks (generate.py), task metrics
+(metrics.py), per-sample metric choice and summaries (score.py), the whole run (run.py) and `isaac-eval` (cli.py)."""
 
+from .generate import generate_answers, generate_batch
 from .metrics import (
     chosen_option,
     contains,
@@ -10,6 +12,11 @@ from .metrics import (
     normalize,
     wilson_interval,
 )
+from .run import EvalResult, evaluate, predict, score_rows, write_results
+from .samples import EvalSample, EvalSet, content_text, read_eval_samples
+from .score import format_summary, metric_for, score, summarize
 
-__all__ = ["chosen_option", "contains", "exact_match", "grounding", "grounding_summary", "multiple_choice",
-           "normalize", "wilson_interval"]
+__all__ = ["EvalResult", "EvalSample", "EvalSet", "chosen_option", "contains", "content_text", "evaluate",
+           "exact_match", "format_summary", "generate_answers", "generate_batch", "grounding", "grounding_summary",
+           "metric_for", "multiple_choice", "normalize", "predict", "read_eval_samples", "score", "score_rows",
+           "summarize", "wilson_interval", "write_results"]

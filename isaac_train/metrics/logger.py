@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 # the files a run appends one record per step to; a resumed run cuts them back to the checkpoint's step
-STEP_FILES = ("metrics.jsonl", "eval_samples.jsonl", "samples.jsonl")
+STEP_FILES = ("metrics.jsonl", "samples.jsonl")
+EVAL_DIR = "eval"  # eval/step_NNNNNNN.jsonl: the predictions of each periodic evaluation
 
 
 class MetricsLogger:
@@ -35,6 +36,10 @@ class MetricsLogger:
             return
         for name in STEP_FILES:
             truncate_after(Path(run_dir) / name, start_step)
+        for later in (Path(run_dir) / EVAL_DIR).glob("step_*.jsonl"):  # evaluated after the checkpoint resumed
+            number = later.stem.removeprefix("step_")
+            if number.isdigit() and int(number) > start_step:
+                later.unlink()
         if wandb_mode != "disabled":
             try:
                 import wandb
@@ -66,15 +71,22 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(n)
 
+    def predictions(self, step: int, rows: list[dict[str, Any]]) -> Path | None:
+        """An evaluation's prediction rows as eval/step_NNNNNNN.jsonl (rank 0); its path."""
+        if self.rank != 0:
+            return None
+        path = self.path.parent / EVAL_DIR / f"step_{step:07d}.jsonl"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        tmp.replace(path)
+        return path
+
     def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
-        """Sample predictions: a W&B table (images included) and a JSONL file beside the metrics."""
-        if self.rank != 0 or not rows:
+        """Sample predictions as a W&B table, images included (the rows are on disk through `predictions`)."""
+        if self.rank != 0 or not rows or self.wandb is None:
             return
-        with (self.path.parent / f"{name}.jsonl").open("a") as f:
-            for row in rows:
-                f.write(json.dumps({"step": step, **{k: v for k, v in row.items() if k != "image"}}) + "\n")
-        if self.wandb is not None:
-            self._wandb_table(name, rows, step)
+        self._wandb_table(name, rows, step)
 
     def _wandb_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         """The table with its images. wandb (0.31) writes a table logged with `log` with the string "Image" where

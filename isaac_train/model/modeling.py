@@ -172,7 +172,8 @@ class IsaacModel(IsaacPreTrainedModel):
         patches = torch.zeros(self.merge * self.merge, vc.num_channels * vc.patch_size**2, device=device)
         return self.vision_embedding(patches, [(self.merge, self.merge)])
 
-    def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_stream(self, tensor_stream: TensorStream, keep_vision_graph: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed a TensorStream (text and images) and return (inputs_embeds, position_ids) for it.
 
         The vision tower encodes every image whole; an image cut by left truncation contributes only the live
@@ -189,6 +190,8 @@ class IsaacModel(IsaacPreTrainedModel):
             slices = tensor_stream.image_token_slices()
             live = [f[lo:hi] for f, (lo, hi) in zip(features.split(counts), slices, strict=True)]
             embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(live))
+        elif keep_vision_graph:  # no image: the vision tower still runs (see `embed`)
+            embeds = embeds + 0.0 * self.blank_image_features(device).to(embeds.dtype).sum()
         return embeds, tensor_stream.position_ids().to(device)
 
     def compute_position_ids(
@@ -222,7 +225,7 @@ class IsaacModel(IsaacPreTrainedModel):
     ) -> IsaacModelOutput:
         """Run the decoder; see the module docstring for the inputs."""
         if tensor_stream is not None:
-            inputs_embeds, stream_positions = self.embed_stream(tensor_stream)
+            inputs_embeds, stream_positions = self.embed_stream(tensor_stream, keep_vision_graph)
             position_ids = stream_positions if position_ids is None else position_ids
             if cu_seqlens is None and tensor_stream.doc_starts is not None:
                 cu_seqlens = tensor_stream.cu_seqlens().to(inputs_embeds.device)
@@ -304,8 +307,9 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def embed_stream(self, tensor_stream: TensorStream) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.embed_stream(tensor_stream)
+    def embed_stream(self, tensor_stream: TensorStream, keep_vision_graph: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.embed_stream(tensor_stream, keep_vision_graph)
 
     def forward(
         self,
@@ -383,10 +387,12 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
         position_ids: torch.Tensor | None = None,
         rope_deltas: torch.Tensor | None = None,
         is_first_iteration: bool | None = False,
+        keep_vision_graph: bool = False,
         **kwargs: object,
     ) -> dict:
         """Images, the stream and explicit positions go in at the first step only; later steps take their
-        positions from the cache length plus the prefill's rope delta."""
+        positions from the cache length plus the prefill's rope delta. `keep_vision_graph=True` (sharded weights:
+        every rank runs the vision tower in the prefill, images or not) applies to the first step only."""
         inputs = super().prepare_inputs_for_generation(
             input_ids, cache=cache, attention_mask=attention_mask, is_first_iteration=is_first_iteration, **kwargs
         )
@@ -394,7 +400,7 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
         if prefill:
             inputs.update(
                 pixel_values=pixel_values, image_grid_hw=image_grid_hw, tensor_stream=tensor_stream,
-                position_ids=position_ids,
+                position_ids=position_ids, keep_vision_graph=keep_vision_graph,
             )
         else:
             inputs["rope_deltas"] = rope_deltas

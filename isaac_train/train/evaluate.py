@@ -1,18 +1,23 @@
-"""Evaluation during training: loss on eval shards, and generated answers for a few eval samples."""
+"""Evaluation during training: loss on the eval shards, and the task metrics of generated answers.
+
+Each rank does its part locally (`local_eval`: the loss on rank 0, or on every rank when the weights are
+sharded; its share of `train.eval_samples` answered in batches), then one gather brings the answers and any
+failure together (`finish_eval` scores them on rank 0). A failure is never fatal: the loop reports and counts it.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import io
+from dataclasses import dataclass, field
 from typing import Any
 
-import PIL.Image
 import torch
 
-from ..data.decode import SkipSample, parse_sample
 from ..data.loader import PackedLoader
-from ..data.shards import SampleReadError, ShardSet, read_sample
-from ..processing.processor import IsaacProcessor
+from ..eval.draw import draw_grounding
+from ..eval.generate import answers_on_rank, merge_answers
+from ..eval.run import score_rows
+from ..eval.samples import EvalSample, read_eval_samples
+from ..eval.score import summarize
 
 
 def eval_loss(model: torch.nn.Module, loader: PackedLoader, max_batches: int, device: torch.device) -> float:
@@ -27,61 +32,39 @@ def eval_loss(model: torch.nn.Module, loader: PackedLoader, max_batches: int, de
     return total / max(count, 1)
 
 
-def eval_conversations(shards: Any, n: int) -> list[dict[str, Any]]:
-    """The first `n` usable chat samples of the eval shards: prompt messages, expected answer, images."""
-    found: list[dict[str, Any]] = []
-    shard_set = ShardSet(shards)
-    for shard in range(len(shard_set.tars)):
-        for position in range(shard_set.counts[shard]):
-            if len(found) >= n:
-                return found
-            ref = shard_set.ref(shard, position)
-            try:
-                kind, items, images, obj = parse_sample(read_sample(ref))
-            except (SkipSample, SampleReadError):
-                continue
-            if kind != "chat" or not items or items[-1].get("role") != "assistant":
-                continue
-            found.append({"key": ref.key, "messages": items[:-1], "expected": items[-1]["content"], "images": images,
-                          "meta": obj.get("meta")})
-    return found
+@dataclass
+class LocalEval:
+    """What one rank computed: the loss (None where it was not computed), the samples (rank 0), this rank's
+    answers by sample index, a failure's one-line description."""
+
+    loss: float | None = None
+    samples: list[EvalSample] = field(default_factory=list)
+    answers: dict[int, str] = field(default_factory=dict)
+    failure: str | None = None
 
 
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text items of a content list joined by spaces."""
-    if isinstance(content, str):
-        return content
-    return " ".join(i.get("text", "") for i in content if isinstance(i, dict) and i.get("type") == "text")
+def local_answers(model, processor, shards: Any, n: int, rank: int, world: int, synced: bool, batch_size: int,
+                  max_new_tokens: int) -> tuple[list[EvalSample], dict[int, str]]:
+    """The first `n` eval samples (the same list on every rank) and this rank's share of their answers."""
+    samples = read_eval_samples(shards, n).samples if n else []
+    answers = answers_on_rank(model, processor, samples, rank, world, synced=synced, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens)
+    return samples, answers
 
 
-@torch.no_grad()
-def answer(model, processor: IsaacProcessor, messages: list[dict], images: list[bytes], device: torch.device,
-           max_new_tokens: int = 48, synced: bool = False) -> str:
-    """Greedy answer of the model to a conversation (rendered with the generation prompt). `synced`: the weights
-    are sharded and every rank generates along; ranks that finish early keep stepping until all are done."""
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    batch = processor(text=prompt, images=images)
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced,
-                         eos_token_id=processor.tokenizer.eos_token_id, pad_token_id=processor.tokenizer.pad_token_id)
-    return processor.post_process_image_text_to_text(out[:, batch["input_ids"].shape[1]:])[0].strip()
+def scored_rows(samples: list[EvalSample], parts: list[dict[int, str]]) -> tuple[list[dict], dict[str, Any]]:
+    """Every rank's answers merged (each sample once), scored, summarised."""
+    rows = score_rows(samples, merge_answers(parts, len(samples)))
+    return rows, summarize(rows)
 
 
-def generate_samples(model, processor: IsaacProcessor, shards: Any, n: int, device: torch.device,
-                     synced: bool = False) -> list[dict]:
-    """Rows (question, expected, generated, image) for the first `n` eval conversations."""
-    was_training = model.training
-    model.eval()
-    rows = []
-    # frozen weights held in bf16 (train.precision=bf16) beside fp32 ones: generate under bf16 autocast, as it trains
-    held_bf16 = any(p.dtype == torch.bfloat16 for p in model.parameters())
-    for conv in eval_conversations(shards, n):
-        question = content_text(conv["messages"][-1]["content"])
-        image = PIL.Image.open(io.BytesIO(conv["images"][0])).convert("RGB") if conv["images"] else None
-        with torch.autocast(device.type, dtype=torch.bfloat16) if held_bf16 else contextlib.nullcontext():
-            generated = answer(model, processor, conv["messages"], conv["images"], device, synced=synced)
-        rows.append({"key": conv["key"], "question": question, "expected": content_text(conv["expected"]),
-                     "generated": generated,
-                     "image": image})
-    model.train(was_training)
-    return rows
+def table_rows(samples: list[EvalSample], rows: list[dict]) -> list[dict]:
+    """Rows for the W&B table: the answer, its main score, and the first image with the groundings drawn."""
+    out = []
+    for sample, row in zip(samples, rows, strict=True):
+        main = next((row["scores"][k] for k in ("exact_match", "multiple_choice", "all_found", "contains")
+                     if k in row["scores"]), None)
+        image = draw_grounding(sample.images[0], sample.expected, row["generated"]) if sample.images else None
+        out.append({"key": row["key"], "question": row["prompt"], "expected": row["expected"],
+                    "generated": row["generated"], "metric": row["metric"], "score": main, "image": image})
+    return out

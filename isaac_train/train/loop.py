@@ -36,11 +36,12 @@ from ..data.loader import reshard_loader_state
 from ..distributed.setup import init_distributed
 from ..distributed.strategy import Strategy, make_strategy
 from ..distributed.watchdog import Watchdog
+from ..eval.score import format_summary, headline
 from ..metrics.flops import device_peak_flops, model_parts
 from ..metrics.logger import MetricsLogger
 from ..metrics.window import StepWindow
 from . import build
-from .evaluate import eval_loss, generate_samples
+from .evaluate import LocalEval, eval_loss, local_answers, scored_rows, table_rows
 from .precision import describe_parameter_memory
 
 logger = logging.getLogger(__name__)
@@ -208,8 +209,7 @@ def train(cfg: Config) -> TrainResult:
             if state.skips_in_a_row >= cfg.train.max_skipped_steps:
                 raise TrainingDiverged(_diverged_message(state, cfg, ckpt.latest(checksums=False)))
 
-            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None \
-                    and (env.is_main or strategy.eval_on_all_ranks):
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None:
                 watchdog.beat(state.step)
                 _evaluate_or_report(cfg, strategy, processor, data, device, state, metrics_log, env)
                 strategy.model.train()
@@ -371,18 +371,20 @@ def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
 
 def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device, state: TrainState,
                         metrics_log: MetricsLogger, env) -> None:
-    """Periodic evaluation that never ends the run: an exception is logged with its traceback, counted
-    (`eval_failures` in metrics.jsonl and trainer_state.json) and training goes on. With sharded weights every
-    rank evaluates; a failure on all ranks alike (the usual case: the same data, the same weights) is caught on
-    each and agreed, one on a single rank leaves the others in a collective until strategy.timeout_s."""
-    failed = None
-    try:
-        _evaluate(cfg, strategy, processor, data, device, state.step, metrics_log)
-    except Exception as err:  # noqa: BLE001  (any evaluation error: reported, never fatal)
-        logger.exception("evaluation at step %d failed", state.step)
-        failed = f"{type(err).__name__}: {str(err)[:300]}"
-    if strategy.eval_on_all_ranks and env.any(failed is not None):  # every rank takes part in this collective
-        failed = failed or "on another rank"
+    """Periodic evaluation that never ends the run. Every rank does its part (`_local_eval`), then one gather
+    brings the answers and any failure together; rank 0 scores and logs. A failure on any rank (the usual case,
+    the same data and weights, fails on all alike) is logged with its traceback, counted (`eval_failures` in
+    metrics.jsonl and trainer_state.json) and training goes on. With sharded weights a failure inside a forward
+    on a single rank leaves the others in a collective until strategy.timeout_s."""
+    local = _local_eval(cfg, strategy, processor, data, device, env)
+    parts = env.gather(local) if env.distributed else [local]
+    failed = next((p.failure for p in parts if p.failure is not None), None)
+    if failed is None and env.is_main:
+        try:
+            _log_eval(cfg, state.step, local.loss, local.samples, [p.answers for p in parts], metrics_log)
+        except Exception as err:  # noqa: BLE001  (scoring or logging: reported, never fatal)
+            logger.exception("scoring the evaluation at step %d failed", state.step)
+            failed = f"{type(err).__name__}: {str(err)[:300]}"
     if failed is not None:
         state.eval_failures += 1
         metrics_log.write(f"step {state.step}: evaluation failed ({failed}); training goes on "
@@ -390,20 +392,39 @@ def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device
         metrics_log.log(state.step, {"eval_failures": state.eval_failures})
 
 
-def _evaluate(cfg: Config, strategy: Strategy, processor, data, device, step: int, metrics_log: MetricsLogger) -> None:
-    """Eval loss and a few generated answers (rank 0 logs; with sharded weights every rank computes along)."""
-    model = strategy.eval_model
-    isaac = build.isaac_of(model)
-    model.eval()
-    eval_loader = build.build_loader(cfg, processor, data["eval"], None, train=False)
-    with torch.no_grad(), strategy.autocast():
-        loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
-    rows = generate_samples(isaac, processor, data["eval"], cfg.train.eval_generate, device,
-                            synced=strategy.eval_on_all_ranks)
-    metrics_log.log(step, {"eval_loss": loss})
-    metrics_log.table("eval_samples", rows, step)
+def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -> LocalEval:
+    """This rank's part: the eval loss (rank 0; every rank with sharded weights) and its share of the answers."""
+    out = LocalEval()
+    try:
+        model = strategy.eval_model
+        model.eval()
+        if env.is_main or strategy.eval_on_all_ranks:
+            eval_loader = build.build_loader(cfg, processor, data["eval"], None, train=False)
+            with torch.no_grad(), strategy.autocast():
+                out.loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
+        t = cfg.train
+        out.samples, out.answers = local_answers(
+            build.isaac_of(model), processor, data["eval"], t.eval_samples, env.rank, env.world_size,
+            synced=strategy.eval_on_all_ranks, batch_size=t.eval_batch_size, max_new_tokens=t.eval_max_new_tokens)
+    except Exception as err:  # noqa: BLE001  (any evaluation error: reported, never fatal)
+        logger.exception("evaluation failed on rank %d", env.rank)
+        out.failure = f"{type(err).__name__}: {str(err)[:300]}"
+    out.samples = out.samples if env.is_main else []  # only rank 0 scores: the others send answers alone
+    return out
+
+
+def _log_eval(cfg: Config, step: int, loss: float | None, samples, parts, metrics_log: MetricsLogger) -> None:
+    """Score the gathered answers; metrics.jsonl / W&B get the loss and the headline metrics,
+    eval/step_NNNNNNN.jsonl every prediction row, W&B a table with the images (groundings drawn)."""
+    rows, summary = scored_rows(samples, parts)
+    metrics_log.log(step, {"eval_loss": loss, **({"eval_samples": len(rows), **headline(summary)} if rows else {})})
+    if not rows:
+        return
+    path = metrics_log.predictions(step, rows)
+    metrics_log.table("eval_samples", table_rows(samples, rows), step)
+    metrics_log.write(f"  eval at step {step}: {len(rows)} samples -> {path}\n{format_summary(summary, '    ')}")
     for row in rows[:2]:
-        metrics_log.write(f"  eval: {row['question']!r} -> {row['generated']!r} (expected {row['expected']!r})")
+        metrics_log.write(f"  eval: {row['prompt']!r} -> {row['generated']!r} (expected {row['expected']!r})")
 
 
 def _rss() -> int:

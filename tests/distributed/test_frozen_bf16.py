@@ -120,7 +120,7 @@ def single_run(train_shards, base, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("single_bf16")
     extra = [f"data.eval_shards={train_shards}", f"train.eval_every={STEPS}", "train.eval_batches=1",
-             "train.eval_generate=1"]  # generation runs with bf16 frozen weights too
+             "train.eval_samples=1"]  # generation runs with bf16 frozen weights too
     train(compose_config(single_overrides(train_shards, out / "held", *_run_overrides(base, *extra))))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(build, "frozen_dtype", lambda precision: torch.float32)  # every weight fp32, as before

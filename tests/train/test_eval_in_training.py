@@ -1,5 +1,5 @@
 """Periodic evaluation during training: a failing evaluation is reported and counted and the run goes on; the
-eval table carries the expected answer's text and, in W&B, the images."""
+scored predictions land in eval/step_NNNNNNN.jsonl and metrics.jsonl, the W&B table carries the images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .conftest import tiny_overrides
 
 def _eval_run(train_shards, out, *extra):
     return compose_config(tiny_overrides(train_shards, out, f"data.eval_shards={train_shards}", "train.max_steps=4",
-                                         "train.eval_every=2", "train.eval_batches=1", "train.eval_generate=2",
+                                         "train.eval_every=2", "train.eval_batches=1", "train.eval_samples=2",
                                          "train.save_every=2", *extra))
 
 
@@ -22,7 +22,7 @@ def test_a_failing_evaluation_is_counted_and_training_goes_on(train_shards, tmp_
     def broken(*_a, **_k):
         raise ValueError("input_ids hold 1 image tokens (id 498) but no pixel_values were given")
 
-    monkeypatch.setattr(loop, "generate_samples", broken)
+    monkeypatch.setattr(loop, "local_answers", broken)
     out = tmp_path / "run"
     result = loop.train(_eval_run(train_shards, out))
     assert result.state.step == 4 and result.state.eval_failures == 2
@@ -43,9 +43,15 @@ def test_eval_table_has_the_expected_text_and_wandb_gets_the_images(train_shards
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
     loop.train(_eval_run(train_shards, out, "logging.wandb=offline"))
-    rows = [json.loads(line) for line in (out / "eval_samples.jsonl").read_text().splitlines()]
-    assert rows and all(isinstance(r["expected"], str) and r["expected"] for r in rows), rows[:2]
+    assert sorted(p.name for p in (out / "eval").iterdir()) == ["step_0000002.jsonl", "step_0000004.jsonl"]
+    rows = [json.loads(line) for line in (out / "eval" / "step_0000004.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(isinstance(r["expected"], str) and r["expected"] for r in rows), rows
     assert not any(r["expected"].startswith("[{") for r in rows)
+    assert all(r["metric"] == "exact" and set(r["scores"]) == {"exact_match", "contains"} for r in rows)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all(r["eval_samples"] == 2 for r in evals)
+    assert all(0.0 <= r["eval/exact_match"] <= 1.0 for r in evals)
     pngs = list(out.rglob("media/images/*.png"))
     assert pngs, "the eval images are logged as PNGs in the offline run"
     tables = list(out.rglob("media/table/*.table.json"))
