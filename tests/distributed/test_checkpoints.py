@@ -17,14 +17,25 @@ STEPS, SAVE_AT = 12, 6
 
 def _straight(train_shards, tmp_path_factory, strategy: str):
     out = tmp_path_factory.mktemp(f"straight_{strategy}")
-    # evaluation (loss and generated answers) runs on every rank when weights are sharded
+    # evaluation runs on every rank when weights are sharded: the loss on all, the 3 answered samples split (2 + 1
+    # and a filler), the vision tower run on both ranks although one rank's batch may hold no image
     run_train(two_rank_overrides(train_shards, out, strategy, f"train.max_steps={STEPS}", f"train.save_every={SAVE_AT}",
                                  "train.keep_last=5", f"data.eval_shards={train_shards}", f"train.eval_every={SAVE_AT}",
-                                 "train.eval_batches=2", "train.eval_generate=1"), nproc=2)
+                                 "train.eval_batches=2", "train.eval_samples=3", "train.eval_batch_size=2"), nproc=2)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval_loss" in r] == [SAVE_AT, STEPS]
+    assert not any("eval_failures" in r for r in records)
+    for step in (SAVE_AT, STEPS):
+        rows = [json.loads(line) for line in (out / "eval" / f"step_{step:07d}.jsonl").read_text().splitlines()]
+        assert [r["key"] for r in rows] == [r["key"] for r in _first_eval_rows(train_shards)]
     meta = json.loads((out / "checkpoints" / f"step_{SAVE_AT:07d}" / "trainer_state.json").read_text())
     return out, losses(out), meta
+
+
+def _first_eval_rows(shards):
+    from isaac_train.eval.samples import read_eval_samples
+
+    return [{"key": s.key} for s in read_eval_samples(shards, 3).samples]
 
 
 @pytest.fixture(scope="module")
