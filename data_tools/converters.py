@@ -3,7 +3,8 @@
 A converter has two halves, so that the slow part runs in worker processes:
 
 - `items()` runs in the main process and yields small picklable `Item`s in input order (a JSONL line, a LLaVA
-  entry, a dataset row number, an image path);
+  entry, a dataset row number, an image path; for coco, data_tools/coco.py, an image's annotations of one category
+  or one referring expression);
 - `convert(item)` runs in a worker: it parses and checks the record, reads and verifies its images, and returns a
   `Converted` sample or raises `Skip` with a reason (counted in the report, never fatal).
 
@@ -512,11 +513,15 @@ FORMATS: dict[str, type[Converter]] = {c.name: c for c in (ChatJsonl, Llava, HfD
 
 
 def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | None = None,
-                    **hf_options: Any) -> Converter:
-    """The converter of `fmt` for `input_path`; hf_options (data_files, split, cache_dir) go to hf-dataset."""
+                    **options: Any) -> Converter:
+    """The converter of `fmt` for `input_path`; `options` go to its constructor: data_files, split, cache_dir for
+    hf-dataset; group, refs, refs_split, include_crowd for coco (data_tools/coco.py)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     root = Path(image_root) if image_root is not None else None
     if fmt == HfDataset.name:
-        return HfDataset(input_path, root, **hf_options)
-    return FORMATS[fmt](Path(input_path), root)
+        return HfDataset(input_path, root, **options)
+    return FORMATS[fmt](Path(input_path), root, **options)
+
+
+from . import coco  # noqa: E402,F401  (the coco format builds on the classes above and adds itself to FORMATS)

@@ -1,6 +1,7 @@
 """`isaac-data make-shards --format FORMAT INPUT OUT_DIR`: convert a dataset to Isaac shards with manifests.
 
-Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`. Records are read and
+Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, and `coco` (COCO
+instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md). Records are read and
 checked (JSON, schema, every image decoded with PIL) in a pool of worker processes, in input order, and written
 by the main process through ShardWriter: the output bytes do not depend on the number of workers. Records that
 cannot be used are skipped and counted by reason; the summary is printed and written to
@@ -66,12 +67,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hf-dataset: local data files or a glob (repeatable); INPUT is then their type")
     parser.add_argument("--hf-split", default="train", help="hf-dataset: the split to convert (train)")
     parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset: cache for --hf-data-files (HF default)")
+    parser.add_argument("--coco-group", choices=("category", "image"), default=None,
+                        help="coco: one sample per (image, category) (default) or per image with all categories")
+    parser.add_argument("--coco-include-crowd", action="store_true",
+                        help="coco: keep crowd annotations (iscrowd=1) in the answers (left out by default)")
+    parser.add_argument("--refs", type=Path, default=None, metavar="REFS_JSON",
+                        help="coco: RefCOCO-style referring expressions (JSON list or JSONL of {ann_id, sentences}); "
+                             "one sample per expression instead of detection samples")
+    parser.add_argument("--refs-split", default=None, metavar="SPLIT",
+                        help="coco --refs: keep only the expressions of this split (e.g. val)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the command; 0 when samples were written (skips included), 2 for unusable input."""
     try:
-        converter = build_converter(args.format, args.input, args.image_root, **_hf_options(args))
+        options = {**_hf_options(args), **_coco_options(args)}
+        converter = build_converter(args.format, args.input, args.image_root, **options)
         report = make_shards(converter, args.out_dir, shard_size=args.shard_size, max_samples=args.max_samples,
                              workers=args.workers, prefix=args.prefix, source=args.source, keys=args.keys,
                              overwrite=args.overwrite)
@@ -91,6 +102,19 @@ def _hf_options(args: argparse.Namespace) -> dict[str, Any]:
     if args.format != "hf-dataset":
         return {}
     return {"data_files": args.hf_data_files, "split": args.hf_split, "cache_dir": args.hf_cache_dir}
+
+
+def _coco_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The coco options of the command line, for build_converter (InputError when given for another format)."""
+    given = [flag for flag, value in (("--coco-group", args.coco_group), ("--refs", args.refs),
+                                      ("--refs-split", args.refs_split),
+                                      ("--coco-include-crowd", args.coco_include_crowd)) if value]
+    if args.format != "coco":
+        if given:
+            raise InputError(f"{', '.join(given)} apply to --format coco only, not {args.format}")
+        return {}
+    return {"group": args.coco_group or "category", "refs": args.refs, "refs_split": args.refs_split,
+            "include_crowd": args.coco_include_crowd}
 
 
 def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 256 << 20,
