@@ -11,7 +11,7 @@ import sys
 
 COMMANDS = {
     "make-shards": ("data_tools.make_shards",
-                    "convert chat JSONL / LLaVA JSON / HF datasets / image folders to shards"),
+                    "convert chat JSONL / LLaVA JSON / HF datasets / image folders / COCO to shards"),
     "index": ("data_tools.index", "write manifests and index.json for existing WebDataset tars"),
     "validate": ("data_tools.validate", "decode and process every sample; report each problem by key and reason"),
     "inspect": ("data_tools.inspect_cmd", "print or render a few samples, images included"),
