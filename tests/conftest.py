@@ -113,3 +113,26 @@ def train_shards(tmp_path_factory) -> Path:
     from .data_helpers import make_chat_shards
 
     return make_chat_shards(tmp_path_factory.mktemp("train_shards"), n=120, per_shard=20, seed=7)
+
+
+@pytest.fixture
+def perceptron_dir(tmp_path, tiny_tokenizer):
+    """A directory shaped like Perceptron's hub checkpoints: remote-code auto_map (whose code must never run),
+    processor_config.json with a nested config, the tiny golden weights."""
+    import json
+    import shutil
+
+    d = tmp_path / "Isaac-tiny"
+    shutil.copytree(GOLDEN_DIR, d)
+    config = json.loads((d / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "modular_isaac.IsaacConfig",
+                          "AutoModelForCausalLM": "modular_isaac.IsaacForConditionalGeneration"}
+    (d / "config.json").write_text(json.dumps(config))
+    (d / "modular_isaac.py").write_text("raise RuntimeError('remote code must not be imported')\n")
+    tiny_tokenizer.save_pretrained(d)
+    (d / "processor_config.json").write_text(json.dumps({
+        "auto_map": {"AutoProcessor": "modular_isaac.IsaacProcessor"}, "processor_class": "IsaacProcessor",
+        "config": {"vision_max_num_patches": 6144, "vision_min_num_patches": 256, "video_patch_size": 16,
+                   "pixel_shuffle_scale": 2, "max_sequence_length": 16384, "vision_token": "<image>"},
+    }))
+    return d

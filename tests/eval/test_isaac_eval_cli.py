@@ -102,3 +102,10 @@ def test_errors_name_the_cause(model_dir, shards, tmp_path, capsys):
     assert "no usable eval sample" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(model_dir), str(shards), str(tmp_path / "o"), "--batch-size", "0"])
+
+
+def test_a_perceptron_checkpoint_evaluates(perceptron_dir, shards, tmp_path):
+    """Perceptron's hub layout (remote-code auto_map, nested processor config): our classes, no remote code."""
+    assert main([str(perceptron_dir), str(shards), str(tmp_path / "out"), "--limit", "3", *ARGS]) == 0
+    rows, summary = _read(tmp_path / "out")
+    assert len(rows) == 3 and summary["exact_match"]["n"] == 3

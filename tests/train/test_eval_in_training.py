@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from isaac_train.checkpoint.manager import CheckpointManager
 from isaac_train.train import loop
 from isaac_train.train.cli import compose_config
@@ -56,3 +58,38 @@ def test_eval_table_has_the_expected_text_and_wandb_gets_the_images(train_shards
     assert pngs, "the eval images are logged as PNGs in the offline run"
     tables = list(out.rglob("media/table/*.table.json"))
     assert tables and "eval_samples" in tables[0].name
+
+
+def test_evaluation_of_a_model_that_favours_the_image_placeholder_runs(train_shards, tmp_path, monkeypatch):
+    """The young model of the issue: its logits favour <|image_pad|> at every position. In-training evaluation
+    (batched, real generation) answers without the placeholder and without failing."""
+    from ..conftest import IMAGE_TOKEN
+
+    real, outputs = loop.local_answers, []
+
+    def favour(_module, _args, logits):
+        return logits + 100.0 * (torch.arange(logits.shape[-1]) == IMAGE_TOKEN).to(logits.dtype)
+
+    def favouring(model, processor, *args, **kwargs):
+        hook = model.lm_head.register_forward_hook(favour)
+        generate = model.generate
+
+        def recording(**inputs):
+            out = generate(**inputs)
+            outputs.append(out[:, inputs["input_ids"].shape[1]:])
+            return out
+
+        model.generate = recording
+        try:
+            return real(model, processor, *args, **kwargs)
+        finally:
+            del model.generate
+            hook.remove()
+
+    monkeypatch.setattr(loop, "local_answers", favouring)
+    out = tmp_path / "run"
+    result = loop.train(_eval_run(train_shards, out, "train.eval_batch_size=2"))
+    assert result.state.eval_failures == 0 and len(outputs) == 2  # one batch of 2 at steps 2 and 4
+    assert all(o.shape[1] > 0 for o in outputs) and not any((o == IMAGE_TOKEN).any() for o in outputs)
+    rows = [json.loads(line) for line in (out / "eval" / "step_0000004.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
