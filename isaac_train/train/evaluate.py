@@ -1,8 +1,9 @@
 """Evaluation during training: loss on the eval shards, and the task metrics of generated answers.
 
-Each rank does its part locally (`local_eval`: the loss on rank 0, or on every rank when the weights are
-sharded; its share of `train.eval_samples` answered in batches), then one gather brings the answers and any
-failure together (`finish_eval` scores them on rank 0). A failure is never fatal: the loop reports and counts it.
+Each rank does its part (the loop's `_local_eval`: `eval_loss` on rank 0, or on every rank when the weights are
+sharded; `local_answers`, its share of `train.eval_samples` answered in batches), then one gather brings every
+rank's `LocalEval` (answers, failure) together and rank 0 scores them (`scored_rows`, `table_rows`). A failure is
+never fatal: the loop reports and counts it.
 """
 
 from __future__ import annotations
@@ -34,11 +35,10 @@ def eval_loss(model: torch.nn.Module, loader: PackedLoader, max_batches: int, de
 
 @dataclass
 class LocalEval:
-    """What one rank computed: the loss (None where it was not computed), the samples (rank 0), this rank's
-    answers by sample index, a failure's one-line description."""
+    """What one rank computed and sends to the others: the loss (None where it was not computed), its answers by
+    sample index, a failure's one-line description."""
 
     loss: float | None = None
-    samples: list[EvalSample] = field(default_factory=list)
     answers: dict[int, str] = field(default_factory=dict)
     failure: str | None = None
 

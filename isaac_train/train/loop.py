@@ -376,12 +376,12 @@ def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device
     the same data and weights, fails on all alike) is logged with its traceback, counted (`eval_failures` in
     metrics.jsonl and trainer_state.json) and training goes on. With sharded weights a failure inside a forward
     on a single rank leaves the others in a collective until strategy.timeout_s."""
-    local = _local_eval(cfg, strategy, processor, data, device, env)
-    parts = env.gather(local) if env.distributed else [local]
+    local, samples = _local_eval(cfg, strategy, processor, data, device, env)
+    parts = env.gather(local) if env.distributed else [local]  # answers and failures only: no sample bytes
     failed = next((p.failure for p in parts if p.failure is not None), None)
     if failed is None and env.is_main:
         try:
-            _log_eval(cfg, state.step, local.loss, local.samples, [p.answers for p in parts], metrics_log)
+            _log_eval(state.step, local.loss, samples, [p.answers for p in parts], metrics_log)
         except Exception as err:  # noqa: BLE001  (scoring or logging: reported, never fatal)
             logger.exception("scoring the evaluation at step %d failed", state.step)
             failed = f"{type(err).__name__}: {str(err)[:300]}"
@@ -392,9 +392,10 @@ def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device
         metrics_log.log(state.step, {"eval_failures": state.eval_failures})
 
 
-def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -> LocalEval:
-    """This rank's part: the eval loss (rank 0; every rank with sharded weights) and its share of the answers."""
-    out = LocalEval()
+def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -> tuple[LocalEval, list]:
+    """This rank's part: the eval loss (rank 0; every rank with sharded weights) and its share of the answers;
+    and the eval samples (the same list on every rank)."""
+    out, samples = LocalEval(), []
     try:
         model = strategy.eval_model
         model.eval()
@@ -403,17 +404,16 @@ def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -
             with torch.no_grad(), strategy.autocast():
                 out.loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
         t = cfg.train
-        out.samples, out.answers = local_answers(
+        samples, out.answers = local_answers(
             build.isaac_of(model), processor, data["eval"], t.eval_samples, env.rank, env.world_size,
             synced=strategy.eval_on_all_ranks, batch_size=t.eval_batch_size, max_new_tokens=t.eval_max_new_tokens)
     except Exception as err:  # noqa: BLE001  (any evaluation error: reported, never fatal)
         logger.exception("evaluation failed on rank %d", env.rank)
         out.failure = f"{type(err).__name__}: {str(err)[:300]}"
-    out.samples = out.samples if env.is_main else []  # only rank 0 scores: the others send answers alone
-    return out
+    return out, samples
 
 
-def _log_eval(cfg: Config, step: int, loss: float | None, samples, parts, metrics_log: MetricsLogger) -> None:
+def _log_eval(step: int, loss: float | None, samples, parts, metrics_log: MetricsLogger) -> None:
     """Score the gathered answers; metrics.jsonl / W&B get the loss and the headline metrics,
     eval/step_NNNNNNN.jsonl every prediction row, W&B a table with the images (groundings drawn)."""
     rows, summary = scored_rows(samples, parts)
