@@ -52,7 +52,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sizes = [int(x) for x in args.batch_sizes.split(",")]
 
-    from data_tools.demo import make_demo_dataset
+    from isaac_train.data.demo import make_demo_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         info = make_demo_dataset(Path(tmp), train=8, eval=args.samples)

@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from data_tools.demo import make_demo_dataset
+    from isaac_train.data.demo import make_demo_dataset
 
     data = Path(make_demo_dataset(args.out / "data", train=2000, eval=10, image_size=128)["train_dir"])
     for size in args.sizes.split(","):

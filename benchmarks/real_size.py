@@ -433,7 +433,7 @@ def main() -> None:
         record(run_phase("make", [*me, f"--make-checkpoint={ckpt}"], logs / "make.log", phase_env(args.threads),
                          False, args), "-")
     if not (data / "train").is_dir():
-        from data_tools.demo import make_demo_dataset
+        from isaac_train.data.demo import make_demo_dataset
 
         make_demo_dataset(data, train=400, eval=8, seed=0, image_size=128)
     for strategy in args.strategies.split(","):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .zero_options import check_zero_options
+
 STRATEGIES = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("bf16", "fp32")
@@ -227,8 +229,6 @@ def validate(cfg: Config) -> None:
     _check(not cfg.strategy.zero or cfg.strategy.name.startswith("zero"), "strategy.zero",
            f"DeepSpeed settings given but strategy={cfg.strategy.name}; use strategy=zero1|zero2|zero3 or drop them")
     if cfg.strategy.name.startswith("zero"):
-        from ..distributed.zero import check_zero_options
-
         problem = check_zero_options(dict(cfg.strategy.zero))
         _check(problem is None, "strategy.zero", str(problem))
     _check(cfg.logging.wandb in ("disabled", "offline", "online"), "logging.wandb",

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..model import isaac_of
 from .strategy import (
     Strategy,
     load_dcp,
@@ -51,8 +52,6 @@ class FSDPStrategy(Strategy):
             set_model_state_dict,
         )
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        from ..train.build import isaac_of
 
         self.make_model = make_model
         device = self.env.device

@@ -1,11 +1,11 @@
 """`strategy=zero1|zero2|zero3`: DeepSpeed ZeRO behind the same seam.
 
 The DeepSpeed config is generated from our settings (`deepspeed_config`), checked before any process starts
-(`check_zero_options`), and never read from a separate JSON file: one source of truth. Trainable weights stay
-fp32 (the master copy the optimizer steps); `train.precision=bf16` runs the forward under autocast, as the other
-strategies do, and holds frozen weights in bf16 (DeepSpeed's own bf16 mode stays off: it would also hold the
-trainable weights in bf16 and reduce their gradients in bf16; stages 1-2 never touch frozen parameters, stage 3's
-frozen partitions are cast after the weights are scattered, `cast_partition`). The optimizer
+(config/zero_options.py, with the schema), and never read from a separate JSON file: one source of truth.
+Trainable weights stay fp32 (the master copy the optimizer steps); `train.precision=bf16` runs the forward under
+autocast, as the other strategies do, and holds frozen weights in bf16 (DeepSpeed's own bf16 mode stays off: it
+would also hold the trainable weights in bf16 and reduce their gradients in bf16; stages 1-2 never touch frozen
+parameters, stage 3's frozen partitions are cast after the weights are scattered, `cast_partition`). The optimizer
 is our torch AdamW with its parameter groups (passing an object avoids DeepSpeed building FusedAdam). For stage 3
 the model is built inside `deepspeed.zero.Init`, so no rank ever holds more than its partition plus one module
 (weights from `model.pretrained` are loaded the same way, through transformers' ZeRO-3 loading path).
@@ -42,21 +42,6 @@ def deepspeed_config(stage: int, grad_accum: int, clip_grad_norm: float | None, 
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
-
-
-def check_zero_options(zero_options: dict[str, Any]) -> str | None:
-    """None when `strategy.zero` holds valid zero_optimization keys, else the reason (DeepSpeed's validator)."""
-    try:
-        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-    except ImportError:
-        return ("DeepSpeed is not installed: pip install 'isaac-train[deepspeed]' (or choose strategy=fsdp)")
-    if "stage" in zero_options:
-        return "the stage comes from the strategy name (zero1 / zero2 / zero3); remove strategy.zero.stage"
-    try:
-        DeepSpeedZeroConfig(**zero_options)
-    except Exception as err:  # pydantic's ValidationError names the bad key
-        return f"invalid zero_optimization settings {zero_options}: {str(err).splitlines()[0:4]}"
-    return None
 
 
 def cast_partition(param) -> None:

@@ -415,3 +415,11 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
         if getattr(outputs, "rope_deltas", None) is not None and model_kwargs.get("rope_deltas") is None:
             model_kwargs["rope_deltas"] = outputs.rope_deltas
         return model_kwargs
+
+
+def isaac_of(model: nn.Module) -> IsaacForConditionalGeneration:
+    """The IsaacForConditionalGeneration inside peft / DDP / DeepSpeed wrappers (or the model itself)."""
+    for module in model.modules():
+        if isinstance(module, IsaacForConditionalGeneration):
+            return module
+    raise TypeError("no IsaacForConditionalGeneration inside the model")

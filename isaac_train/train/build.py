@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config.schema import Config
 from ..data.loader import LoaderSpec, PackedLoader, SourceSpec
-from ..model import IsaacConfig, IsaacForConditionalGeneration
+from ..model import IsaacConfig, IsaacForConditionalGeneration, isaac_of
 from ..model.tiny import small_config, tiny_config
 from ..processing.processor import IsaacProcessor
 from ..processing.tiny_tokenizer import build_tiny_tokenizer
@@ -95,14 +95,6 @@ def vision_tower(model: nn.Module) -> nn.Module:
 def projector(model: nn.Module) -> list[nn.Module]:
     emb = isaac_of(model).model.vision_embedding
     return [emb[1], emb[3]]
-
-
-def isaac_of(model: nn.Module) -> IsaacForConditionalGeneration:
-    """The IsaacForConditionalGeneration inside peft / DDP wrappers."""
-    for module in model.modules():
-        if isinstance(module, IsaacForConditionalGeneration):
-            return module
-    raise TypeError("no IsaacForConditionalGeneration inside the model")
 
 
 def set_trainable(model: nn.Module, cfg: Config, decoder: str | None = None) -> None:

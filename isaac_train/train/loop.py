@@ -114,7 +114,7 @@ def prepare_data(cfg: Config, run_dir: Path) -> dict[str, Any]:
     d = cfg.data
     if d.train_shards is not None:
         return {"train": d.train_shards, "weights": d.train_weights, "eval": d.eval_shards, "answers": None}
-    from data_tools.demo import make_demo_dataset
+    from isaac_train.data.demo import make_demo_dataset
 
     info = make_demo_dataset(run_dir / "data", train=d.demo_train_samples, eval=d.demo_eval_samples,
                              seed=cfg.train.seed, image_size=d.demo_image_size)

@@ -12,9 +12,10 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from data_tools import demo
-from data_tools.demo import make_demo_dataset
+from data_tools import demo as demo_cli
+from isaac_train.data import demo
 from isaac_train.data.decode import encode_members
+from isaac_train.data.demo import make_demo_dataset
 from isaac_train.data.shards import ShardSet, read_sample
 from isaac_train.processing.grounding import parse_grounding
 
@@ -125,10 +126,10 @@ def test_default_size_is_fast_and_reused(tmp_path: Path, capsys) -> None:
     assert again["reused"] and again["seconds"] < 1
 
     parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    assert demo.run(parser.parse_args([str(tmp_path), "--eval", "20"])) == 0  # other params: remade
+    demo_cli.add_arguments(parser)
+    assert demo_cli.run(parser.parse_args([str(tmp_path), "--eval", "20"])) == 0  # other params: remade
     assert "20 eval samples" in capsys.readouterr().out
     assert len(ShardSet(tmp_path / "eval")) == 20
     assert files(tmp_path / "train") == train_files  # train has its own random stream
-    assert demo.run(parser.parse_args([str(tmp_path / "x"), "--image-size", "16"])) == 2
+    assert demo_cli.run(parser.parse_args([str(tmp_path / "x"), "--image-size", "16"])) == 2
     assert "too small" in capsys.readouterr().err
