@@ -47,3 +47,21 @@ def test_two_processes_answer_each_sample_once_as_one_process_does(mode, split_s
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["share"] == [0, 2, 4, 6] and ranks[1]["share"] == [1, 3, 5]  # disjoint, complete, once each
     assert ranks[0]["answers"] == ranks[1]["answers"] == one_process
+
+
+@pytest.mark.timeout(600)
+def test_ddp_training_evaluation_splits_the_samples_and_matches_one_process(train_shards, tmp_path):
+    """Periodic evaluation under ddp on 2 processes: every rank answers its share, rank 0 writes all 5 rows once
+    each, with the answers of the single-process run on the same global batch."""
+    from ..distributed.helpers import run_train, single_overrides, two_rank_overrides
+
+    extra = ("train.max_steps=4", f"data.eval_shards={train_shards}", "train.eval_every=4", "train.eval_batches=1",
+             "train.eval_samples=5", "train.eval_batch_size=2", "train.eval_max_new_tokens=6")
+    run_train(single_overrides(train_shards, tmp_path / "one", *extra))
+    run_train(two_rank_overrides(train_shards, tmp_path / "two", "ddp", *extra), nproc=2)
+    rows = {}
+    for name in ("one", "two"):
+        path = tmp_path / name / "eval" / "step_0000004.jsonl"
+        rows[name] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows["two"]) == 5 and len({r["key"] for r in rows["two"]}) == 5
+    assert [(r["key"], r["generated"]) for r in rows["two"]] == [(r["key"], r["generated"]) for r in rows["one"]]
