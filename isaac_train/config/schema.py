@@ -29,7 +29,7 @@ class ModelConfig:
     train_vision: str = "none"  # none | all | last_n
     vision_last_n: int = 0  # with train_vision=last_n: how many of the last vision blocks train
     train_projector: bool = True
-    train_decoder: str = "full"  # full | frozen | lora (lora: needs peft=lora)
+    train_decoder: str = "full"  # full | frozen | lora (peft=lora sets lora; frozen with peft.vision: vision LoRA)
     train_embeddings: bool = True  # with train_decoder=full: embed_tokens and lm_head train too
 
 
@@ -102,7 +102,7 @@ class PeftConfig:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
-    vision: bool = False  # also LoRA on the vision tower's attention and MLP
+    vision: bool = False  # also LoRA on the vision tower's attention and MLP (only, with model.train_decoder=frozen)
 
 
 @dataclass
@@ -157,6 +157,24 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def _check_lora(m: ModelConfig, p: PeftConfig) -> None:
+    """`peft=lora` sets model.train_decoder=lora (configs/peft/lora.yaml); a recipe's or the command line's
+    model.train_decoder wins, so the combinations that mean nothing, or something LoRA cannot do, are refused:
+    lora needs peft=lora, full under adapters is not trained (apply_lora freezes the base decoder), and frozen
+    with peft=lora needs peft.vision (adapters on the vision tower only) or there is nothing to adapt."""
+    _check(m.train_decoder != "lora" or p.kind == "lora", "peft",
+           "model.train_decoder=lora needs peft=lora (rank, alpha, targets live there; peft=lora alone sets "
+           "model.train_decoder=lora)")
+    _check(p.kind != "lora" or m.train_decoder != "full", "model.train_decoder",
+           "full (set by you or the recipe) with peft=lora, whose adapters train over a frozen decoder: set "
+           "model.train_decoder=lora, or peft=none for a full fine-tune")
+    _check(p.kind != "lora" or m.train_decoder == "lora" or p.vision, "model.train_decoder",
+           "frozen with peft=lora leaves LoRA nothing to adapt: set model.train_decoder=lora, or peft.vision=true "
+           "for LoRA on the vision tower only")
+    _check(not p.vision or p.kind == "lora", "peft.vision",
+           "needs peft=lora (with model.train_decoder=frozen for LoRA on the vision tower only)")
+
+
 def validate(cfg: Config) -> None:
     """Check every setting once, up front. Raises ConfigError naming the key to change."""
     m, d, t, o, p = cfg.model, cfg.data, cfg.train, cfg.optim, cfg.peft
@@ -173,10 +191,7 @@ def validate(cfg: Config) -> None:
     _check(m.train_decoder in ("full", "frozen", "lora"), "model.train_decoder",
            f"{m.train_decoder!r}; choose full, frozen or lora")
     _check(p.kind in ("none", "lora"), "peft", f"{p.kind!r}; choose peft=none or peft=lora")
-    _check(m.train_decoder != "lora" or p.kind == "lora", "peft",
-           "model.train_decoder=lora needs peft=lora (rank, alpha, targets live there)")
-    _check(p.kind != "lora" or m.train_decoder == "lora" or p.vision, "model.train_decoder",
-           "peft=lora adapts the decoder: set model.train_decoder=lora (or peft.vision=true for vision-only LoRA)")
+    _check_lora(m, p)
     _check(p.r > 0, "peft.r", "must be > 0")
     _check(p.alpha > 0, "peft.alpha", "must be > 0")
     _check(0 <= p.dropout < 1, "peft.dropout", "must be in [0, 1)")

@@ -3,6 +3,7 @@
     isaac-train                                   # the demo_cpu recipe
     isaac-train recipe=sft_lora model.pretrained=/ckpt/Isaac-0.1 data.train_shards=/data/sft run.output_dir=/runs/a
     isaac-train recipe=sft_full --cfg job         # print the resolved config and exit (paths are not checked)
+    isaac-train plot RUN_DIR                      # redraw RUN_DIR/plots/ from its metrics.jsonl (no Hydra)
 
 A wrong setting ends the command before anything starts with one line naming the key, `isaac-train: KEY: what
 is wrong`, and exit code 2; HYDRA_FULL_ERROR=1 shows the trace instead.
@@ -140,6 +141,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["plot"]:  # a subcommand, before Hydra reads the command line as overrides
+        from ..metrics.plot import main as plot_main
+
+        sys.exit(plot_main(sys.argv[2:], prog="isaac-train plot"))
     if not CONFIG_DIR.is_dir():
         sys.exit(f"isaac-train: configs not found at {CONFIG_DIR}; install the package from a clone (pip install -e .)")
     register_schema()

@@ -39,6 +39,7 @@ from ..distributed.watchdog import Watchdog
 from ..eval.score import format_summary, headline
 from ..metrics.flops import device_peak_flops, model_parts
 from ..metrics.logger import MetricsLogger
+from ..metrics.plot import draw_quietly
 from ..metrics.window import StepWindow
 from . import build
 from .evaluate import LocalEval, eval_loss, local_answers, scored_rows, table_rows
@@ -218,6 +219,8 @@ def train(cfg: Config) -> TrainResult:
             if final or stopping or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
                 watchdog.beat(state.step)
                 saved_at = _save(ckpt, strategy, loader, state, ident, env)
+                if env.is_main:
+                    draw_quietly(run_dir)  # plots/ at every checkpoint, the final one included (never raises)
                 stopping = stopping or env.any(stop.signal is not None)  # a signal that came during the save
             if stopping and not final:
                 metrics_log.write(f"signal {stop.signal or 'on another rank'}: checkpointed step {state.step} at "
@@ -231,6 +234,8 @@ def train(cfg: Config) -> TrainResult:
     stop.restore()
     if saved_at is None:  # nothing trained: the resumed checkpoint, or (train.max_steps=0) the weights as they are
         saved_at = latest if latest is not None else _save(ckpt, strategy, loader, state, ident, env)
+        if env.is_main:
+            draw_quietly(run_dir)
     checkpoint = saved_at
     export_dir = None
     if cfg.run.export:
