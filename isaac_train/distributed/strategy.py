@@ -128,7 +128,11 @@ class Strategy:
         return norm, applied
 
     def lr(self) -> float:
-        return self.scheduler.get_last_lr()[-1]
+        """The decoder's learning rate (optim.lr as scheduled; the first group when no decoder parameter trains).
+        Groups are sorted decoder < projector < vision, each scheduled by the same factor."""
+        lrs = self.scheduler.get_last_lr()
+        names = [g.get("name", "") for g in self.scheduler.optimizer.param_groups]
+        return next((lr for lr, name in zip(lrs, names, strict=False) if name.startswith("decoder")), lrs[0])
 
     # ---- checkpoints ---------------------------------------------------------------------------------------
 

@@ -56,3 +56,19 @@ def test_schedules(schedule):
         assert f[99] > 0.1 and all(a >= b for a, b in zip(f[10:], f[11:], strict=False))
     else:
         assert f[79] == 1.0 and f[80] == 1.0 and f[99] == pytest.approx(1 - 0.9 * 19 / 20)
+
+
+def test_the_logged_lr_is_the_decoders(train_shards, tmp_path):
+    """metrics.jsonl's lr is optim.lr as scheduled, not the last group's (vision here, 1000x smaller)."""
+    import json
+
+    from isaac_train.train import loop
+
+    from .conftest import tiny_overrides
+
+    out = tmp_path / "run"
+    loop.train(compose_config(tiny_overrides(train_shards, out, "train.max_steps=2", "model.train_vision=all",
+                                             "optim.lr=1e-3", "optim.lr_vision=1e-6", "optim.schedule=constant",
+                                             "optim.warmup_steps=0")))
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"lr"' in line]
+    assert lrs == [1e-3, 1e-3]
