@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .writer import MERGE_TOLERANCE, ExportVerificationError, logits_of
+from .verify import MERGE_TOLERANCE, ExportVerificationError, logits_of
 
 PREFIX = "base_model.model."
 

@@ -4,14 +4,18 @@ What a directory holds: config.json and generation_config.json; the weights as (
 safetensors named in the base checkpoint's layout (Isaac-0.1 flat or Isaac-0.2 nested, or `layout=`); the
 tokenizer files, chat template and processor_config.json; and, copied as they are, the remote-code `*.py`
 files and README / LICENSE / NOTICE files the base checkpoint directory (`model.pretrained`) carried.
+config.json's processing fields (patch budgets, pixel shuffle, ...) are the processor's, and its text fields
+sit where vLLM's built-in Isaac reads them (see serving.py and model/config.py).
 
 LoRA is merged into every adapted module (decoder and, with peft.vision, the vision tower), or written as a
 PEFT adapter directory (`lora="adapter"`) that loads with `PeftModel.from_pretrained` on the base; modules that
 trained in full beside LoRA (projector, vision blocks) go into the adapter as `modules_to_save`.
 
-Verification: the directory is written to `OUT.tmp`, reloaded with the Auto classes (or base + adapter), its
-tensors checked against the exported model by name (none missing, none extra, equal) and its logits on a fixed
-multimodal sample compared with the model as trained; only then is it renamed to OUT.
+Verification: the directory is written to `OUT.tmp`, its config.json checked against what vLLM's Isaac reads,
+reloaded with the Auto classes (or base + adapter), its tensors checked against the exported model by name (none
+missing, none extra, equal) and its logits on a fixed multimodal sample compared with the model as trained; only
+then is it renamed to OUT. The summary ends with how to serve the directory (transformers, `vllm serve` with the
+`--mm-processor-kwargs` it needs) and what of that was checked here.
 """
 
 from __future__ import annotations
@@ -22,19 +26,17 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import torch
 from torch import nn
 
+from .adapter import save_adapter, verify_adapter
+from .serving import VLLM_IMAGE_DEFAULTS, processing_fields, vllm_config_problems, vllm_notes, vllm_serve_command
+from .verify import MERGE_TOLERANCE, ExportVerificationError, fixed_sample, logits_of
+
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 COPIED = ("*.py", "README*", "readme*", "LICENSE*", "License*", "license*", "NOTICE*", "USE_POLICY*")
-# logits of the export against the model as trained: exact for the same weights, merge rounding for LoRA
-MERGE_TOLERANCE = 1e-4
-
-
-class ExportVerificationError(RuntimeError):
-    """The written directory does not reproduce the trained model; nothing was put at the output path."""
+__all__ = ["MERGE_TOLERANCE", "ExportSummary", "ExportVerificationError", "export_model", "fixed_sample", "logits_of",
+           "written_tensors"]
 
 
 @dataclass
@@ -49,6 +51,9 @@ class ExportSummary:
     copied: list[str] = field(default_factory=list)
     max_logit_diff: float = 0.0
     max_merge_diff: float | None = None
+    verified: bool = True
+    vllm_command: str | None = None  # `vllm serve DIR [--mm-processor-kwargs ...]`; None for an adapter
+    vllm_notes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         total = sum(self.parameters.values())
@@ -59,28 +64,39 @@ class ExportSummary:
             + (f"; LoRA {self.lora}" if self.lora else ""),
             f"  {len(self.files)} files, {self.bytes / 2**20:.1f} MiB"
             + (f"; copied from the base: {', '.join(self.copied)}" if self.copied else ""),
-            f"  verified: reloaded logits max |diff| {self.max_logit_diff:.2e} vs the exported weights"
-            + (f", {self.max_merge_diff:.2e} merged vs LoRA as trained" if self.max_merge_diff is not None else ""),
         ]
+        if self.verified:
+            lines.append(f"  verified: reloaded logits max |diff| {self.max_logit_diff:.2e} vs the exported weights"
+                         + (f", {self.max_merge_diff:.2e} merged vs LoRA as trained"
+                            if self.max_merge_diff is not None else ""))
+        else:
+            lines.append("  not verified (verify=False / --no-verify)")
+        lines += self._serving_lines()
         return "\n".join(lines)
 
-
-def fixed_sample(processor) -> dict[str, torch.Tensor]:
-    """A multimodal prompt that exercises vision, projector and decoder: two images of different shapes."""
-    yy, xx = np.mgrid[0:48, 0:80]
-    first = np.stack([xx * 3 % 256, yy * 5 % 256, (xx + yy) * 2 % 256], -1).astype(np.uint8)
-    second = np.stack([yy * 7 % 256, xx % 256, np.full_like(xx, 128)], -1).astype(np.uint8)[:40, :32]
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Compare"},
-                                             {"type": "image"}, {"type": "text", "text": "the two shapes."}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    batch = processor(text=prompt, images=[PIL.Image.fromarray(first), PIL.Image.fromarray(second)])
-    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
-
-
-@torch.no_grad()
-def logits_of(model: nn.Module, sample: dict[str, torch.Tensor]) -> torch.Tensor:
-    model.eval()
-    return model(**sample).logits.float()
+    def _serving_lines(self) -> list[str]:
+        if self.vllm_command is None:
+            return ["  serve: transformers: PeftModel.from_pretrained(base, DIR) on the base checkpoint"
+                    + (" (verified above)" if self.verified else ""),
+                    "  serve: vLLM: export merged weights for vLLM (isaac-export without --adapter); this adapter "
+                    "was not checked against vLLM's LoRA support"]
+        defaults = ", ".join(f"{k} {v}" for k, v in VLLM_IMAGE_DEFAULTS.items())
+        return [
+            "  serve: transformers: AutoModelForImageTextToText.from_pretrained(DIR), "
+            "AutoProcessor.from_pretrained(DIR)"
+            + (" (the model's reload verified above)" if self.verified else ""),
+            f"  serve: vLLM: {self.vllm_command}",
+            ("    --mm-processor-kwargs: this processor's settings differ from vLLM's Isaac defaults "
+             f"({defaults}) and vLLM does not read processor_config.json"
+             if "--mm-processor-kwargs" in self.vllm_command else
+             f"    the processor matches vLLM's Isaac image defaults ({defaults}): no processor kwargs needed"),
+            ("    config.json checked for the keys vLLM's Isaac reads (listed from vLLM's source in "
+             "isaac_train/export/serving.py): the model's dimensions at the top level"
+             + (" and in text_config" if self.layout != "0.1" else "")
+             if self.verified else "    config.json not checked for vLLM (verify=False)")
+            + "; not served in vLLM here (vLLM is not installed)",
+            *(f"    warning: {note}" for note in self.vllm_notes),
+        ]
 
 
 def merged_copy(model: nn.Module, in_place: bool = False) -> nn.Module:
@@ -252,8 +268,6 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
     sample = fixed_sample(processor) if verify else None
 
     if lora == "adapter":
-        from .adapter import save_adapter, verify_adapter
-
         exported = save_adapter(model, tmp, base, cfg, torch_dtype)
         layout = layout or "0.1"
     else:
@@ -263,19 +277,24 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
         merge_diff = _check_merge(reference, exported, sample) if reference is not None else None
         layout = layout or exported.config.checkpoint_layout
         exported.config.checkpoint_layout = layout
+        _processing_fields_from(processor, exported.config, log)
         exported.to(torch_dtype)
         log(f"export: writing {dtype} weights (Isaac-{layout} layout) to {tmp}")
         exported.save_pretrained(tmp, max_shard_size=max_shard_size)
     processor.save_pretrained(tmp)
     copied = copy_base_files(base, tmp)
     summary = ExportSummary(out, layout, dtype, ("adapter" if lora == "adapter" else "merged") if is_lora else None,
-                            parameter_parts(model if lora == "adapter" else exported), copied=copied)
+                            parameter_parts(model if lora == "adapter" else exported), copied=copied, verified=verify)
+    if lora != "adapter":
+        summary.vllm_command = vllm_serve_command(out, processor)
+        summary.vllm_notes = vllm_notes(exported.config)
     if verify:
         log("export: verifying (reload, tensors by name, logits on a fixed multimodal sample)")
         if lora == "adapter":
             summary.max_logit_diff = verify_adapter(model, tmp, base, sample, torch_dtype)
         else:
             summary.max_merge_diff = merge_diff
+            _check_config_for_vllm(tmp, exported.config, processor)
             _check_written(exported, tmp, layout)
             expected = logits_of(exported, sample)
             del exported, model  # the reload need not sit beside the exported copy (it may be one, `owned`)
@@ -289,6 +308,32 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
     return summary
 
 
+def _processing_fields_from(processor, config, log) -> None:
+    """config.json's processing fields set to the processor's (vLLM sizes its per-image token budget from
+    config.json's, and preprocesses with the processor's through --mm-processor-kwargs). A processor whose patch
+    size or pixel shuffle the model cannot take is refused."""
+    fields = processing_fields(processor)
+    for key, model_key in (("video_patch_size", "patch_size"), ("pixel_shuffle_scale", "pixel_shuffle_scale_factor")):
+        if fields[key] != getattr(config.vision_config, model_key):
+            raise ValueError(f"the processor's {key}={fields[key]} does not fit the model's "
+                             f"vision_config.{model_key}={getattr(config.vision_config, model_key)}: export with the "
+                             "processor the model was trained with (data.processor / model.pretrained)")
+    changed = {k: (getattr(config, k), v) for k, v in fields.items() if getattr(config, k) != v}
+    for key, (_, value) in changed.items():
+        setattr(config, key, value)
+    if changed:
+        log("export: config.json's processing fields set to the processor's: "
+            + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items()))
+
+
+def _check_config_for_vllm(tmp: Path, config, processor) -> None:
+    """The written config.json carries the model's dimensions where vLLM's Isaac reads them (see serving.py)."""
+    problems = vllm_config_problems(json.loads((tmp / "config.json").read_text()), config, processor)
+    if problems:
+        raise ExportVerificationError(f"{tmp / 'config.json'} would not serve as written in vLLM: "
+                                      + "; ".join(problems))
+
+
 def _check_merge(reference: torch.Tensor, merged: nn.Module, sample: dict) -> float:
     """Logits of the merged fp32 copy against the LoRA model's as trained, `reference` (the merge must lose
     nothing)."""
@@ -297,13 +342,6 @@ def _check_merge(reference: torch.Tensor, merged: nn.Module, sample: dict) -> fl
         raise ExportVerificationError(f"the merged weights' logits differ from the trained model's by {diff:.3e}: "
                                       "the LoRA merge lost something")
     return diff
-
-
-def _verify_merged(exported: nn.Module, tmp: Path, sample: dict, torch_dtype: torch.dtype, layout: str) -> float:
-    """Every tensor written equals the exported model's (by name, in the layout), and the directory reloads with
-    the Auto classes to the same logits. Returns the max |logit difference| (0.0 when it passes)."""
-    _check_written(exported, tmp, layout)
-    return _check_reload(tmp, sample, torch_dtype, logits_of(exported, sample))
 
 
 def _check_written(exported: nn.Module, tmp: Path, layout: str) -> None:

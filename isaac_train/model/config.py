@@ -4,6 +4,14 @@ Isaac-0.1's `IsaacConfig` subclassed `Qwen3Config`, so its text fields sit flat 
 config.json; Isaac-0.2 nests them under `text_config`. We always hold a nested `text_config`
 (a transformers `Qwen3Config`) and remember which layout we came from in `checkpoint_layout`, so that
 `save_pretrained` writes config.json and weight names back in that same layout.
+
+Three shapes of config.json load: flat (0.1), nested (0.2), and both (the text fields at the top level and in
+`text_config`), which is what we write for 0.2: vLLM's built-in Isaac config (a `Qwen3Config` subclass) reads
+the sizes it uses for the LM head, the projector's output and the mRoPE section from the top level and builds the
+decoder from `text_config`, and Perceptron's 0.2-era class builds its text config from top-level keys when
+present. A config whose two copies disagree is refused, naming the key.
+Both layouts write the mRoPE section inside `rope_parameters` too: vLLM decides whether a model uses 3-D
+positions from `rope_parameters["mrope_section"]` (top level or text_config) before it builds the model.
 """
 
 from __future__ import annotations
@@ -22,9 +30,13 @@ ATTN_BACKENDS = ("auto", "sdpa", "eager", "varlen", "flash_attn")
 # Keys of a flat (Isaac-0.1) config.json that belong to the text model. Qwen3Config's own fields, plus the
 # legacy RoPE keys that transformers 4.x configs and Perceptron's checkpoints carry.
 _ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "_rope_parameters", "_rope_scaling")
-_TEXT_KEYS = frozenset(Qwen3Config.__annotations__) | frozenset(_ROPE_KEYS)
+_QWEN3_FIELDS = frozenset(Qwen3Config.__annotations__)
+_TEXT_KEYS = _QWEN3_FIELDS | frozenset(_ROPE_KEYS)
 # Keys that stay at the top level even in the flat layout (they describe the whole model too).
 _SHARED_KEYS = frozenset({"tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id"})
+# The text model's own fields, written at the top level (flat in 0.1, beside text_config in 0.2), plus the legacy
+# `rope_theta` transformers 4.x (and Perceptron's 0.1 remote code) read.
+FLAT_TEXT_KEYS = tuple(sorted(_QWEN3_FIELDS - _SHARED_KEYS)) + ("rope_theta",)
 
 
 class IsaacVisionConfig(Siglip2VisionConfig):
@@ -63,6 +75,46 @@ def default_mrope_section(head_dim: int) -> list[int]:
     return [half // 2, half // 4, half - half // 2 - half // 4]
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: 1e6 == 1000000, a tuple equals the same list."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b or (isinstance(a, bool) and isinstance(b, bool) and a == b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a) == float(b)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _disagreement(top: str, top_value: Any, nested: str, nested_value: Any) -> ValueError:
+    return ValueError(
+        f"config.json disagrees with itself: top-level {top}={top_value!r} but {nested}={nested_value!r}. vLLM's "
+        "Isaac reads the top level for the LM head, projector and mRoPE and builds the decoder from text_config: "
+        "make the two equal (or delete one of them)."
+    )
+
+
+def _check_agreement(flat: dict[str, Any], nested: dict[str, Any], mrope_section: Any) -> None:
+    """Refuse a config whose top-level text fields (`flat`) and `text_config` (`nested`) disagree.
+
+    RoPE is compared by meaning (theta and mRoPE section, wherever each copy stores them), the rest key by key;
+    a key present on one side only is no disagreement."""
+    for key in sorted(set(flat) & set(nested) - set(_ROPE_KEYS)):
+        if not _same(flat[key], nested[key]):
+            raise _disagreement(key, flat[key], f"text_config.{key}", nested[key])
+    theta_top, theta_nested = _rope_theta_from(flat), _rope_theta_from(nested)
+    if theta_top is not None and theta_nested is not None and theta_top != theta_nested:
+        raise _disagreement("rope theta", theta_top, "text_config's rope theta", theta_nested)
+    sections = [("mrope_section", mrope_section), ("rope_parameters.mrope_section", _mrope_section_from(flat)),
+                ("text_config.rope_parameters.mrope_section", _mrope_section_from(nested))]
+    given = [(name, value) for name, value in sections if value is not None]
+    for name, value in given[1:]:
+        if not _same(given[0][1], value):
+            raise _disagreement(given[0][0], given[0][1], name, value)
+
+
 def _normalise_text_config(text: dict[str, Any]) -> dict[str, Any]:
     """Turn whatever RoPE keys a config has into Qwen3Config's `rope_parameters`, never defaulting silently."""
     text = dict(text)
@@ -94,7 +146,8 @@ class IsaacConfig(PreTrainedConfig):
     """Configuration of an Isaac model (Perceptron), weight-compatible with the published checkpoints.
 
     Accepts both layouts of config.json: Isaac-0.1 (text fields flat at the top level) and Isaac-0.2
-    (`text_config`). Extra fields follow Perceptron's names: `video_patch_size` is the processor's patch edge,
+    (`text_config`), with or without a top-level copy of the text fields (refused where the copies disagree).
+    Extra fields follow Perceptron's names: `video_patch_size` is the processor's patch edge,
     `vision_max_num_patches` / `vision_min_num_patches` its resize budget, `pixel_shuffle_scale` its merge factor.
     Our own additions: `attn_backend` (auto | sdpa | eager | varlen | flash_attn), `image_token_id` (the id the
     processor puts where image features go), and `checkpoint_layout` ("0.1" | "0.2").
@@ -119,24 +172,37 @@ class IsaacConfig(PreTrainedConfig):
         image_token_id: int = 151655,
         attn_backend: str = "auto",
         checkpoint_layout: str | None = None,
-        tie_word_embeddings: bool = False,
+        tie_word_embeddings: bool | None = None,
         **kwargs: Any,
     ) -> None:
         vision_patch_size = kwargs.pop("vision_patch_size", None)
         flat_text = {k: kwargs.pop(k) for k in list(kwargs) if k in _TEXT_KEYS and k not in _SHARED_KEYS}
+        mrope_section = kwargs.pop("mrope_section", None)
         if text_config is None:
             layout = checkpoint_layout or "0.1"
+            _check_agreement(flat_text, {}, mrope_section)  # the top-level mrope_section against rope_parameters'
             text_dict = dict(flat_text)
         else:
             layout = checkpoint_layout or "0.2"
-            text_dict = text_config.to_dict() if isinstance(text_config, PreTrainedConfig) else dict(text_config)
-            text_dict.update(flat_text)
+            from_json = not isinstance(text_config, PreTrainedConfig)
+            text_dict = dict(text_config) if from_json else text_config.to_dict()
+            _check_agreement(flat_text, text_dict, mrope_section)
+            if from_json and tie_word_embeddings is not None and "tie_word_embeddings" in text_dict \
+                    and not _same(tie_word_embeddings, text_dict["tie_word_embeddings"]):
+                # A config saved by transformers 4.x can carry PretrainedConfig's default (true) at the top level
+                # beside Qwen3Config's (false) in text_config. Isaac stores its lm_head (isaac_spec.md 2.5): untied.
+                logger.warning("config.json: top-level tie_word_embeddings=%r but text_config has %r; Isaac's "
+                               "lm_head is stored separately, so it stays untied", tie_word_embeddings,
+                               text_dict["tie_word_embeddings"])
+                tie_word_embeddings = False
+            text_dict.update(flat_text)  # equal where both have a key; a key only at the top level joins
+        tie_word_embeddings = bool(tie_word_embeddings)
         for key in _SHARED_KEYS - {"tie_word_embeddings"}:
             if key in kwargs and key not in text_dict:
                 text_dict[key] = kwargs[key]
         text_dict.pop("model_type", None)
         text_dict.pop("transformers_version", None)
-        mrope_section = kwargs.pop("mrope_section", None) or _mrope_section_from(text_dict)
+        mrope_section = mrope_section or _mrope_section_from(text_dict)
         text_dict["tie_word_embeddings"] = tie_word_embeddings
         self.text_config = Qwen3Config(**_normalise_text_config(text_dict))
 
@@ -221,16 +287,21 @@ class IsaacConfig(PreTrainedConfig):
             raise ValueError("vision_config.hidden_size must be divisible by vision_config.num_attention_heads")
 
     def to_dict(self) -> dict[str, Any]:
-        """Serialise in the layout we were read from: flat text fields for 0.1, `text_config` for 0.2."""
+        """Serialise in the layout we were read from: the text fields flat at the top level for 0.1; for 0.2 in
+        `text_config` and, with equal values, at the top level as well (what vLLM's Isaac config reads there).
+        Both carry the mRoPE section in `rope_parameters` and a top-level `mrope_section`."""
         out = super().to_dict()
-        if self.checkpoint_layout == "0.1":
-            text = out.pop("text_config")
-            for key in ("model_type", "transformers_version", "architectures"):
-                text.pop(key, None)
-            for key, value in text.items():
-                out.setdefault(key, value) if key in _SHARED_KEYS else out.__setitem__(key, value)
-            # transformers 4.x (and Perceptron's 0.1 remote code) read `rope_theta` directly.
-            out["rope_theta"] = self.rope_theta
+        text = out.pop("text_config")
+        text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": list(self.mrope_section)}
+        flat = {key: text[key] for key in FLAT_TEXT_KEYS if key in text}
+        # transformers 4.x (and Perceptron's 0.1 remote code) read `rope_theta` directly.
+        flat["rope_theta"] = self.rope_theta
+        out.update(flat)
+        for key in _SHARED_KEYS:
+            if key in text:
+                out.setdefault(key, text[key])
+        if self.checkpoint_layout != "0.1":
+            out["text_config"] = {**text, "rope_theta": self.rope_theta}  # for a transformers 4.x Qwen3Config
         return out
 
     def to_diff_dict(self) -> dict[str, Any]:
