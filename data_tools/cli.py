@@ -11,7 +11,8 @@ import sys
 
 COMMANDS = {
     "make-shards": ("data_tools.make_shards",
-                    "convert chat JSONL / LLaVA JSON / HF datasets / image folders / COCO to shards"),
+                    "convert chat JSONL / LLaVA JSON / HF datasets / image folders / COCO / interleaved documents "
+                    "(segments JSONL, OBELICS, MMC4) to shards; --format is inferred when not given"),
     "index": ("data_tools.index", "write manifests and index.json for existing WebDataset tars"),
     "validate": ("data_tools.validate", "decode and process every sample; report each problem by key and reason"),
     "inspect": ("data_tools.inspect_cmd", "print or render a few samples, images included"),

@@ -4,7 +4,7 @@ A converter has two halves, so that the slow part runs in worker processes:
 
 - `items()` runs in the main process and yields small picklable `Item`s in input order (a JSONL line, a LLaVA
   entry, a dataset row number, an image path; for coco, data_tools/coco.py, an image's annotations of one category
-  or one referring expression);
+  or one referring expression; for the interleaved formats, data_tools/interleaved.py, a document);
 - `convert(item)` runs in a worker: it parses and checks the record, reads and verifies its images, and returns a
   `Converted` sample or raises `Skip` with a reason (counted in the report, never fatal).
 
@@ -57,10 +57,12 @@ class Item:
 
 @dataclass
 class Converted:
-    """A converted sample: its JSON object (without `source`) and its encoded images as (suffix, bytes)."""
+    """A converted sample: its JSON object (without `source`), its encoded images as (suffix, bytes), and the
+    (reason, message) of each image left out of it (documents with --drop-missing-images only)."""
 
     sample: dict[str, Any]
     images: list[tuple[str, bytes]] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def id(self) -> str | None:
@@ -324,7 +326,9 @@ def _parse_line(item: Item) -> Any:
 
 
 class ChatJsonl(Converter):
-    """`chat-jsonl`: one JSON object a line with `messages` (Isaac model card format) and optional `images`."""
+    """`chat-jsonl`: one JSON object a line with `messages` (Isaac model card format) and optional `images`, or
+    LLaVA `conversations`; a line holding `segments` (the shard format's document form) becomes a document, so a
+    file mixing both kinds converts (data_tools/interleaved.py)."""
 
     name = "chat-jsonl"
 
@@ -337,7 +341,10 @@ class ChatJsonl(Converter):
         return _jsonl_items(self.input)
 
     def convert(self, item: Item) -> Converted:
-        return convert_record(_parse_line(item), self.root, item.where)
+        obj = _parse_line(item)
+        if isinstance(obj, dict) and obj.get("segments") is not None and obj.get("messages") is None:
+            return interleaved.convert_segments_record(obj, self.root, item.where, interleaved.CHAT_JSONL_DOCUMENTS)
+        return convert_record(obj, self.root, item.where)
 
 
 class Llava(Converter):
@@ -380,49 +387,80 @@ class Llava(Converter):
         return convert_record(obj, self.root, item.where)
 
 
+@dataclass(frozen=True)
+class HfInput:
+    """Where a Hugging Face dataset input is: `spec` as given, the `builder` (parquet/json/csv/arrow) and
+    `data_files` for data files (None for a `save_to_disk` directory), the folder relative image paths start
+    from, and the default source name."""
+
+    spec: str
+    builder: str | None
+    data_files: list[str] | None
+    folder: Path
+    source: str
+
+
+def hf_input(input_path: Path | str, data_files: list[str] | None = None) -> HfInput:
+    """INPUT (+ --hf-data-files) of an HF dataset: a `save_to_disk` directory, one data file, or with data files
+    the builder's name. InputError for an unknown builder."""
+    spec = str(input_path)
+    if data_files:
+        if spec not in set(HF_FILE_BUILDERS.values()):
+            raise InputError(f"with --hf-data-files, INPUT names the file type (parquet, json, csv or arrow), "
+                             f"got {spec!r}")
+        return HfInput(spec, spec, list(data_files), Path(data_files[0]).parent, Path(data_files[0]).stem)
+    path = Path(spec)
+    builder = HF_FILE_BUILDERS.get(path.suffix.lower()) if path.is_file() else None
+    if builder:
+        return HfInput(spec, builder, [spec], path.parent, path.stem)
+    return HfInput(spec, None, None, path, path.name)
+
+
+def load_hf_rows(source: HfInput, split: str = "train", cache_dir: str | None = None) -> Any:
+    """The dataset's `split` in arrow format (raw rows: images stay undecoded {"bytes", "path"} dicts);
+    InputError when `datasets` is missing or the dataset does not load."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise InputError("Hugging Face datasets need the `datasets` package: pip install -e '.[data]'") from err
+    try:
+        if source.data_files:
+            ds = datasets.load_dataset(source.builder, data_files=source.data_files, split=split, cache_dir=cache_dir)
+        else:
+            ds = datasets.load_from_disk(source.spec)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"cannot load the dataset {source.spec} ({type(err).__name__}: {err}); pass a directory "
+                         "written by Dataset.save_to_disk, or INPUT=parquet|json|csv|arrow with "
+                         "--hf-data-files FILES") from err
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise InputError(f"{source.spec} has splits {sorted(ds)}, not {split!r}; pick one with --hf-split")
+        ds = ds[split]
+    return ds.with_format("arrow")
+
+
+def hf_row(rows: Any, index: int) -> dict[str, Any]:
+    """Row `index` of an arrow-format dataset as a plain dict."""
+    return rows[index].to_pylist()[0]
+
+
 class HfDataset(Converter):
     """`hf-dataset`: a dataset saved with `save_to_disk`, or local data files (`--hf-data-files`, INPUT the
     builder: parquet/json/csv/arrow; or INPUT one such file). Columns: `messages` (+ `images`/`image`),
-    `conversations` (LLaVA, + `image`/`images`) or `image` + `caption`/`text`. Images are read undecoded."""
+    `conversations` (LLaVA, + `image`/`images`) or `image` + `caption`/`text`. Images are read undecoded.
+    (OBELICS- and MMC4-style datasets: `--format obelics` / `mmc4`, data_tools/interleaved.py.)"""
 
     name = "hf-dataset"
 
     def __init__(self, input_path: Path | str, image_root: Path | None, data_files: list[str] | None = None,
                  split: str = "train", cache_dir: str | None = None) -> None:
-        try:
-            import datasets
-        except ImportError as err:
-            raise InputError("hf-dataset needs the `datasets` package: pip install -e '.[data]'") from err
-        self.data_files = data_files
-        spec = str(input_path)
-        if data_files:
-            builder, self.input = spec, Path(data_files[0]).parent
-            if builder not in set(HF_FILE_BUILDERS.values()):
-                raise InputError(f"with --hf-data-files, INPUT names the file type (parquet, json, csv or arrow), "
-                                 f"got {spec!r}")
-        else:
-            self.input = Path(spec)
-            builder = HF_FILE_BUILDERS.get(self.input.suffix.lower()) if self.input.is_file() else None
-            if builder:
-                data_files, self.input = [spec], self.input.parent
-        super().__init__(self.input, image_root)
-        self._source = Path(data_files[0]).stem if data_files else Path(spec).name
-        try:
-            if data_files:
-                ds = datasets.load_dataset(builder, data_files=data_files, split=split, cache_dir=cache_dir)
-            else:
-                ds = datasets.load_from_disk(spec)
-        except (FileNotFoundError, ValueError) as err:
-            raise InputError(f"cannot load the dataset {spec} ({type(err).__name__}: {err}); pass a directory "
-                             "written by Dataset.save_to_disk, or INPUT=parquet|json|csv|arrow with "
-                             "--hf-data-files FILES") from err
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise InputError(f"{spec} has splits {sorted(ds)}, not {split!r}; pick one with --hf-split")
-            ds = ds[split]
-        self.columns = list(ds.column_names)
+        source = hf_input(input_path, data_files)
+        self.data_files = source.data_files
+        super().__init__(source.folder, image_root)
+        self._source = source.source
+        self.rows = load_hf_rows(source, split, cache_dir)
+        self.columns = list(self.rows.column_names)
         self.kind = self._kind(self.columns)
-        self.rows = ds.with_format("arrow")  # raw rows: images stay undecoded {"bytes", "path"} dicts
 
     def _kind(self, columns: list[str]) -> str:
         """"chat" or "caption" from the column names; InputError when neither fits."""
@@ -430,8 +468,10 @@ class HfDataset(Converter):
             return "chat"
         if "image" in columns and ("caption" in columns or "text" in columns):
             return "caption"
+        hint = next((f"; these look like {c.name} documents: use --format {c.name}"
+                     for c in (interleaved.Obelics, interleaved.Mmc4) if set(c.columns) <= set(columns)), "")
         raise InputError(f"dataset columns {columns} are not supported; hf-dataset needs 'messages' (+ 'images'), "
-                         "'conversations' (+ 'image') or 'image' + 'caption'/'text'")
+                         f"'conversations' (+ 'image') or 'image' + 'caption'/'text'{hint}")
 
     def default_root(self) -> Path:
         return self.input  # the dataset directory, or the folder of the (first) data file
@@ -447,7 +487,7 @@ class HfDataset(Converter):
             yield Item(i, f"row {i}", i)
 
     def convert(self, item: Item) -> Converted:
-        row = self.rows[item.data].to_pylist()[0]
+        row = hf_row(self.rows, item.data)
         if self.kind == "chat":
             return convert_record(row, self.root, item.where)
         caption = row.get("caption") if row.get("caption") is not None else row.get("text")
@@ -515,7 +555,9 @@ FORMATS: dict[str, type[Converter]] = {c.name: c for c in (ChatJsonl, Llava, HfD
 def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | None = None,
                     **options: Any) -> Converter:
     """The converter of `fmt` for `input_path`; `options` go to its constructor: data_files, split, cache_dir for
-    hf-dataset; group, refs, refs_split, include_crowd for coco (data_tools/coco.py)."""
+    hf-dataset (and obelics, mmc4); group, refs, refs_split, include_crowd for coco (data_tools/coco.py);
+    drop_missing_images, url_names for documents-jsonl, obelics and mmc4, image_position for mmc4
+    (data_tools/interleaved.py)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     root = Path(image_root) if image_root is not None else None
@@ -524,4 +566,6 @@ def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | N
     return FORMATS[fmt](Path(input_path), root, **options)
 
 
-from . import coco  # noqa: E402,F401  (the coco format builds on the classes above and adds itself to FORMATS)
+# coco (data_tools/coco.py) and the interleaved formats (data_tools/interleaved.py) build on the classes above and
+# add themselves to FORMATS.
+from . import coco, interleaved  # noqa: E402,F401

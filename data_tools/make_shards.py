@@ -1,11 +1,13 @@
-"""`isaac-data make-shards --format FORMAT INPUT OUT_DIR`: convert a dataset to Isaac shards with manifests.
+"""`isaac-data make-shards [--format FORMAT] INPUT OUT_DIR`: convert a dataset to Isaac shards with manifests.
 
-Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, and `coco` (COCO
-instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md). Records are read and
-checked (JSON, schema, every image decoded with PIL) in a pool of worker processes, in input order, and written
-by the main process through ShardWriter: the output bytes do not depend on the number of workers. Records that
-cannot be used are skipped and counted by reason; the summary is printed and written to
-OUT_DIR/make_shards_report.json.
+Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, `coco` (COCO
+instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md), and the interleaved documents
+`documents-jsonl`, `obelics`, `mmc4` (data_tools/interleaved.py). Without --format the format is inferred from
+the input (data_tools/infer_format.py) and the inference printed. Records are read and checked (JSON, schema,
+every image decoded with PIL) in a pool of worker processes, in input order, and written by the main process
+through ShardWriter: the output bytes do not depend on the number of workers. Records that cannot be used are
+skipped and counted by reason (images left out of documents with --drop-missing-images are counted too); the
+summary is printed and written to OUT_DIR/make_shards_report.json.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from tqdm import tqdm
 from isaac_train.data.shards import INDEX_NAME, ShardWriter
 
 from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, build_converter
+from .infer_format import infer_format
+from .interleaved import MMC4_POSITIONS, URL_NAMES
 
 REPORT_NAME = "make_shards_report.json"
+DOCUMENT_FORMATS = ("documents-jsonl", "obelics", "mmc4")  # take --drop-missing-images and --url-names
+HF_FORMATS = ("hf-dataset", "obelics", "mmc4")  # take --hf-data-files, --hf-split, --hf-cache-dir
 EXAMPLES_PER_REASON = 5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 
@@ -48,9 +54,10 @@ def parse_size(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command line of `isaac-data make-shards`."""
-    parser.add_argument("--format", required=True, choices=list(FORMATS), help="the input's format")
+    parser.add_argument("--format", default=None, choices=list(FORMATS),
+                        help="the input's format (default: inferred from the input, and printed)")
     parser.add_argument("input", metavar="INPUT", help="the JSONL/JSON file, dataset directory or image folder "
-                        "(hf-dataset with --hf-data-files: the file type, parquet|json|csv|arrow)")
+                        "(with --hf-data-files: the file type, parquet|json|csv|arrow)")
     parser.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="where the shards and index.json go")
     parser.add_argument("--image-root", type=Path, default=None,
                         help="folder that relative image paths start from (default: the input file's folder)")
@@ -64,9 +71,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample keys: running numbers 000000123 (default) or the sanitised original ids")
     parser.add_argument("--overwrite", action="store_true", help="replace the shards already in OUT_DIR")
     parser.add_argument("--hf-data-files", action="append", default=None, metavar="FILES",
-                        help="hf-dataset: local data files or a glob (repeatable); INPUT is then their type")
-    parser.add_argument("--hf-split", default="train", help="hf-dataset: the split to convert (train)")
-    parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset: cache for --hf-data-files (HF default)")
+                        help="hf-dataset, obelics, mmc4: local data files or a glob (repeatable); INPUT is then "
+                             "their type")
+    parser.add_argument("--hf-split", default="train", help="hf-dataset, obelics, mmc4: the split to convert (train)")
+    parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset, obelics, mmc4: cache for --hf-data-files "
+                        "(HF default)")
+    parser.add_argument("--drop-missing-images", action="store_true",
+                        help="documents-jsonl, obelics, mmc4: leave out an image that is missing, unreadable or too "
+                             "large (counted as dropped_images) instead of skipping its document")
+    parser.add_argument("--url-names", choices=URL_NAMES, default=None,
+                        help="documents-jsonl, obelics, mmc4: the file a downloaded image URL was saved as under "
+                             "--image-root: sha1 (default; SHA1(url) plus any image extension) or basename (the "
+                             "URL path's last part)")
+    parser.add_argument("--mmc4-image-position", choices=MMC4_POSITIONS, default=None,
+                        help="mmc4: each image goes just before (default) or after its matched sentence")
     parser.add_argument("--coco-group", choices=("category", "image"), default=None,
                         help="coco: one sample per (image, category) (default) or per image with all categories")
     parser.add_argument("--coco-include-crowd", action="store_true",
@@ -81,8 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the command; 0 when samples were written (skips included), 2 for unusable input."""
     try:
-        options = {**_hf_options(args), **_coco_options(args)}
-        converter = build_converter(args.format, args.input, args.image_root, **options)
+        fmt = args.format
+        if fmt is None:
+            fmt, why = infer_format(args.input, args.hf_data_files)
+            print(f"make-shards: inferred --format {fmt} ({why}); pass --format to override")
+        options = {**_hf_options(args, fmt), **_coco_options(args, fmt), **_document_options(args, fmt)}
+        converter = build_converter(fmt, args.input, args.image_root, **options)
         report = make_shards(converter, args.out_dir, shard_size=args.shard_size, max_samples=args.max_samples,
                              workers=args.workers, prefix=args.prefix, source=args.source, keys=args.keys,
                              overwrite=args.overwrite)
@@ -97,21 +119,39 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hf_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The hf-dataset options of the command line, for build_converter."""
-    if args.format != "hf-dataset":
+def _hf_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
+    """The Hugging Face dataset options of the command line, for build_converter."""
+    if fmt not in HF_FORMATS:
+        if args.hf_data_files:
+            raise InputError(f"--hf-data-files applies to --format {', '.join(HF_FORMATS)}, not {fmt}")
         return {}
     return {"data_files": args.hf_data_files, "split": args.hf_split, "cache_dir": args.hf_cache_dir}
 
 
-def _coco_options(args: argparse.Namespace) -> dict[str, Any]:
+def _document_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
+    """The interleaved-document options, for build_converter (InputError when given for another format)."""
+    if args.mmc4_image_position and fmt != "mmc4":
+        raise InputError(f"--mmc4-image-position applies to --format mmc4 only, not {fmt}")
+    if fmt not in DOCUMENT_FORMATS:
+        given = [flag for flag, value in (("--drop-missing-images", args.drop_missing_images),
+                                          ("--url-names", args.url_names)) if value]
+        if given:
+            raise InputError(f"{', '.join(given)} apply to --format {', '.join(DOCUMENT_FORMATS)} only, not {fmt}")
+        return {}
+    options = {"drop_missing_images": args.drop_missing_images, "url_names": args.url_names or "sha1"}
+    if fmt == "mmc4":
+        options["image_position"] = args.mmc4_image_position or "before"
+    return options
+
+
+def _coco_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
     """The coco options of the command line, for build_converter (InputError when given for another format)."""
     given = [flag for flag, value in (("--coco-group", args.coco_group), ("--refs", args.refs),
                                       ("--refs-split", args.refs_split),
                                       ("--coco-include-crowd", args.coco_include_crowd)) if value]
-    if args.format != "coco":
+    if fmt != "coco":
         if given:
-            raise InputError(f"{', '.join(given)} apply to --format coco only, not {args.format}")
+            raise InputError(f"{', '.join(given)} apply to --format coco only, not {fmt}")
         return {}
     return {"group": args.coco_group or "category", "refs": args.refs, "refs_split": args.refs_split,
             "include_crowd": args.coco_include_crowd}
@@ -130,6 +170,8 @@ def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 
     writer = ShardWriter(out_dir, prefix=prefix, max_bytes=shard_size)
     skipped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
+    dropped: Counter[str] = Counter()  # images left out of written documents (--drop-missing-images), by reason
+    dropped_examples: dict[str, list[str]] = {}
     used_keys: set[str] = set()  # with --keys id only: running numbers are unique by construction
     records = written = images = 0
     start = time.time()
@@ -150,6 +192,10 @@ def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 
             writer.write(key, {"source": source, **converted.sample}, converted.images)
             written += 1
             images += len(converted.images)
+            for reason, message in converted.dropped:
+                dropped[reason] += 1
+                if len(dropped_examples.setdefault(reason, [])) < EXAMPLES_PER_REASON:
+                    dropped_examples[reason].append(message)
             if max_samples is not None and written >= max_samples:
                 break
     writer.close()
@@ -160,7 +206,9 @@ def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 
         "records": records, "samples": written, "images": images, "shards": len(writer.written),
         "shard_files": [p.name for p in writer.written], "bytes": shard_bytes,
         "skipped_total": sum(skipped.values()), "skipped": dict(sorted(skipped.items())),
-        "examples": {k: examples[k] for k in sorted(examples)}, "workers": workers,
+        "examples": {k: examples[k] for k in sorted(examples)},
+        "dropped_images": sum(dropped.values()), "dropped_images_by_reason": dict(sorted(dropped.items())),
+        "dropped_examples": {k: dropped_examples[k] for k in sorted(dropped_examples)}, "workers": workers,
         "seconds": round(seconds, 3), "samples_per_second": round(written / seconds, 1) if seconds > 0 else None,
         "index": str(out_dir / INDEX_NAME),
     }
@@ -296,5 +344,11 @@ def format_summary(report: dict[str, Any]) -> str:
             lines.append(f"  {reason:<{width}} {count:>8,}   e.g. {report['examples'][reason][0]}")
     else:
         lines.append(f"skipped none of {report['records']:,} records")
+    if report.get("dropped_images"):
+        lines.append(f"dropped {report['dropped_images']:,} image(s) from the documents written "
+                     "(--drop-missing-images):")
+        width = max(len(r) for r in report["dropped_images_by_reason"])
+        for reason, count in report["dropped_images_by_reason"].items():
+            lines.append(f"  {reason:<{width}} {count:>8,}   e.g. {report['dropped_examples'][reason][0]}")
     lines.append(f"index: {report['index']}; report: {Path(report['out_dir']) / REPORT_NAME}")
     return "\n".join(lines)

@@ -6,6 +6,10 @@ lengths (and patch counts, with --max-patches) in data order for rows of --seq-l
 each batch of the same number of samples (by default as many as a packed row holds on average, --pad-batch to
 choose) to its longest sample. Both count only samples that fit a row (<= seq_len tokens and <= max_patches).
 
+Document samples (`segments`) also get their layout: images per document and the text tokens between each two
+consecutive images (each text piece tokenized alone, as the processor does), counted on the documents as stored,
+before --max-length truncation. The histogram (--png) is drawn with matplotlib (`pip install -e '.[plot]'`).
+
     isaac-data stats /data/sft --seq-len 4096 --png lengths.png --json stats.json
 """
 
@@ -13,19 +17,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import torch
+from tqdm import tqdm
 
+from isaac_train.data.decode import SkipSample, parse_sample
 from isaac_train.data.packing import simulate_packing
+from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
+from isaac_train.processing.processor import IsaacProcessor
 
-from .validate import CommandError, SampleRecord, add_scan_arguments, prepare, scan
+from .validate import CommandError, SampleRecord, ScanConfig, add_scan_arguments, plan_tasks, prepare, scan_sample
+
+PLOT_HINT = "pip install -e '.[plot]'"
+Layout = tuple[int, list[int]]  # a document's images and the text tokens between each two consecutive images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,22 +96,98 @@ def packing_report(lengths: Sequence[int], patches: Sequence[int], seq_len: int,
 COLUMNS = ("tokens", "label_tokens", "images", "patches", "image_tokens")
 
 
+# ---- document layout ------------------------------------------------------------------------------------
+
+
+def document_layout(members: dict[str, bytes], processor: IsaacProcessor) -> Layout | None:
+    """(images, text tokens between each two consecutive images) of a document sample as stored; None for a
+    conversation. Each text piece between images is tokenized alone, as the processor does."""
+    kind, items, _, _ = parse_sample(members)
+    if kind != "document":
+        return None
+    text = processor.flatten_messages([{"role": "document", "content": items}])[0]["content"]
+    pieces = text.split(processor.vision_token)
+    gaps = [len(processor._encode_text(piece)[0]) if piece else 0 for piece in pieces[1:-1]]
+    return len(pieces) - 1, gaps
+
+
+_STATE: tuple[ShardSet, ScanConfig] | None = None
+
+
+def _init_worker(shards: ShardSet, config: ScanConfig) -> None:
+    global _STATE
+    torch.set_num_threads(1)  # one process per core
+    _STATE = (shards, config)
+
+
+def _scan_chunk(task: tuple[str, int, int, int]) -> list[tuple[SampleRecord, Layout | None]]:
+    """One chunk of a shard's samples: validate's record of each, and a usable document's layout."""
+    assert _STATE is not None, "scan state not set (call scan_with_layout())"
+    shards, config = _STATE
+    _, shard, start, stop = task
+    out = []
+    for position in range(start, stop):
+        record = scan_sample(shards, shard, position, config)
+        layout = None
+        if record.ok:
+            try:
+                layout = document_layout(read_sample(shards.ref(shard, position)), config.processor)
+            except (SampleReadError, SkipSample):  # read and parsed a moment ago: only a file changing under us
+                layout = None
+        out.append((record, layout))
+    return out
+
+
+def scan_with_layout(shards: ShardSet, config: ScanConfig, workers: int = 1, limit: int | None = None,
+                     desc: str = "stats") -> Iterator[tuple[SampleRecord, Layout | None]]:
+    """validate.scan's records in data order (the first `limit` samples when given), each with its document
+    layout (None for conversations and skipped samples), computed by `workers` processes."""
+    global _STATE
+    tasks = plan_tasks(shards, False, limit)
+    pool = None
+    if workers > 1 and len(tasks) > 1:
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(shards, config))
+        results: Iterator[list[tuple[SampleRecord, Layout | None]]] = pool.imap(_scan_chunk, tasks)
+    else:
+        _STATE = (shards, config)
+        results = map(_scan_chunk, tasks)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-sample tensors are small: intra-op threads only add overhead
+    try:
+        with tqdm(total=sum(stop - start for _, _, start, stop in tasks), unit="sample", desc=desc,
+                  dynamic_ncols=True, mininterval=0.5) as bar:
+            for chunk in results:
+                yield from chunk
+                bar.update(len(chunk))
+    finally:
+        torch.set_num_threads(threads)
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
 class Tally:
     """Per-sample counts of the usable samples in data order (compact int64 arrays, not records, so a full
-    dataset fits in memory), skips by reason and per-source totals."""
+    dataset fits in memory), skips by reason, per-source totals and the layout of document samples."""
 
     def __init__(self) -> None:
         self.columns: dict[str, array] = {name: array("q") for name in COLUMNS}
         self.scanned = 0
         self.skipped: Counter[str] = Counter()
         self.sources: dict[str, dict[str, int]] = {}
+        self.document_images = array("q")  # per usable document sample
+        self.image_gaps = array("q")  # text tokens between two consecutive images, every gap of every document
 
-    def add(self, record: SampleRecord) -> None:
-        """Count one scanned sample."""
+    def add(self, record: SampleRecord, layout: Layout | None = None) -> None:
+        """Count one scanned sample (and, for a document, its layout)."""
         self.scanned += 1
         if not record.ok:
             self.skipped[record.reason or "?"] += 1
             return
+        if layout is not None:
+            self.document_images.append(layout[0])
+            self.image_gaps.extend(layout[1])
         for name in COLUMNS:
             self.columns[name].append(getattr(record, name))
         s = self.sources.setdefault(record.source or "-", {"samples": 0, "tokens": 0, "label_tokens": 0, "images": 0})
@@ -121,6 +209,12 @@ def compute_stats(tally: Tally, args: argparse.Namespace, max_length: int) -> di
         **{name: describe(cols[name]) for name in COLUMNS},
         "samples_with_images": int((np.frombuffer(cols["images"], dtype=np.int64) > 0).sum()) if ok else 0,
         "by_source": dict(sorted(tally.sources.items())),
+        "documents": {
+            "samples": len(tally.document_images),
+            "without_images": int((np.frombuffer(tally.document_images, dtype=np.int64) == 0).sum()),
+            "images_per_document": describe(tally.document_images),
+            "text_tokens_between_images": {"gaps": len(tally.image_gaps), **describe(tally.image_gaps)},
+        },
         "packing": packing_report(lengths, patches, args.seq_len, args.max_patches, args.buffer, args.pad_batch),
     }
 
@@ -137,6 +231,16 @@ def print_stats(stats: dict[str, Any]) -> None:
         d = stats[name]
         print(f"{name:<14} {d['total']:>12,} {d['mean']:>9.1f} {d['median']:>9.1f} {d['p95']:>9.1f} {d['max']:>8,}")
     print(f"samples with images: {stats['samples_with_images']}")
+    docs = stats["documents"]
+    if docs["samples"]:
+        print(f"\ndocuments: {docs['samples']:,} of {s['ok']:,} usable samples, {docs['without_images']:,} without "
+              "images (layout as stored, before truncation)")
+        print(f"{'per document':<26} {'total':>12} {'mean':>9} {'median':>9} {'p95':>9} {'max':>8}")
+        gaps = docs["text_tokens_between_images"]
+        for name, d in (("images", docs["images_per_document"]), ("text tokens between images", gaps)):
+            print(f"{name:<26} {d['total']:>12,} {d['mean']:>9.1f} {d['median']:>9.1f} {d['p95']:>9.1f} "
+                  f"{d['max']:>8,}")
+        print(f"  (text tokens between images: per gap between two consecutive images, {gaps['gaps']:,} gap(s))")
     if len(stats["by_source"]) > 1 or "-" not in stats["by_source"]:
         print(f"\n{'source':<24} {'samples':>9} {'tokens':>12} {'label tok':>12} {'images':>8}")
         for name, d in stats["by_source"].items():
@@ -155,68 +259,44 @@ def print_stats(stats: dict[str, Any]) -> None:
 # ---- the histogram --------------------------------------------------------------------------------------
 
 
-def nice_step(span: float, target: int) -> float:
-    """A 1/2/5 x 10^k step giving about `target` ticks over `span`."""
-    raw = max(span, 1e-9) / max(target, 1)
-    magnitude = 10 ** np.floor(np.log10(raw))
-    for m in (1, 2, 5, 10):
-        if m * magnitude >= raw:
-            return float(m * magnitude)
-    return float(10 * magnitude)
-
-
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's bundled font at `size` pixels (no system fonts needed)."""
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas (no pyplot: no global state, no display needed)."""
     try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise CommandError(f"--png draws with matplotlib, which is not installed: {PLOT_HINT}") from err
+    return Figure, FigureCanvasAgg
 
 
 def draw_histogram(lengths: Sequence[int], path: Path, size: tuple[int, int], bins: int, title: str,
                    marker: int | None = None) -> Path:
-    """A bar chart of `lengths` (tokens per sample) with labelled axes, a title and a dashed line at `marker`."""
+    """A PNG of exactly `size` pixels: the histogram of `lengths` (tokens per sample) with labelled axes, a title
+    and a dashed line at `marker` (the packed row length). CommandError when matplotlib is missing."""
+    from matplotlib import rc_context
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
+
+    figure_cls, canvas_cls = _matplotlib()
     width, height = size
-    left, right, top, bottom = 70, 20, 40, 55
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    font, title_font = _font(12), _font(15)
-    draw.text((width / 2, 12), title, fill="black", font=title_font, anchor="mt")
-    x0, x1, y0, y1 = left, width - right, height - bottom, top  # plot box; y0 is the baseline
-    hi = max(max(lengths, default=1), marker or 0, 1)
-    counts, edges = np.histogram(np.asarray(lengths, dtype=np.int64), bins=max(bins, 1), range=(0, hi))
-    top_count = max(int(counts.max()) if counts.size else 0, 1)
-    ystep = max(1.0, nice_step(top_count, 5))
-    ymax = ystep * np.ceil(top_count / ystep)
-
-    def sx(v: float) -> float:
-        return x0 + (x1 - x0) * v / hi
-
-    def sy(v: float) -> float:
-        return y0 - (y0 - y1) * v / ymax
-
-    for c, a, b in zip(counts, edges[:-1], edges[1:], strict=True):
-        if c:
-            draw.rectangle([sx(a) + 1, sy(c), max(sx(b) - 1, sx(a) + 1), y0], fill=(70, 120, 190))
-    draw.line([(x0, y0), (x1, y0)], fill="black")
-    draw.line([(x0, y0), (x0, y1)], fill="black")
-    for v in np.arange(0, ymax + ystep / 2, ystep):
-        draw.line([(x0 - 4, sy(v)), (x0, sy(v))], fill="black")
-        draw.text((x0 - 7, sy(v)), f"{int(v):,}", fill="black", font=font, anchor="rm")
-    xstep = nice_step(hi, 6)
-    for v in np.arange(0, hi + xstep / 2, xstep):
-        if v <= hi:
-            draw.line([(sx(v), y0), (sx(v), y0 + 4)], fill="black")
-            draw.text((sx(v), y0 + 7), f"{int(v):,}", fill="black", font=font, anchor="mt")
-    draw.text(((x0 + x1) / 2, height - 8), "tokens per sample", fill="black", font=font, anchor="mb")
-    draw.text((8, y1 - 14), "samples", fill="black", font=font, anchor="lm")
-    if marker is not None:
-        x = sx(marker)
-        for y in range(int(y1), int(y0), 8):
-            draw.line([(x, y), (x, min(y + 4, y0))], fill=(200, 30, 30), width=2)
-        draw.text((x - 4, y1 + 2), f"seq_len {marker:,}", fill=(200, 30, 30), font=font, anchor="rt")
+    dpi = 100
+    with rc_context({"font.size": max(5.0, min(10.0, width / 80))}):  # small PNGs get small type, not clipped text
+        fig = figure_cls(figsize=(width / dpi, height / dpi), dpi=dpi)
+        canvas_cls(fig)
+        ax = fig.add_subplot()
+        hi = max(max(lengths, default=1), marker or 0, 1)
+        ax.hist(np.asarray(lengths, dtype=np.int64), bins=max(bins, 1), range=(0, hi), color=(0.27, 0.47, 0.75))
+        if marker is not None:
+            ax.axvline(marker, color=(0.78, 0.12, 0.12), linestyle="--", linewidth=1.5, label=f"seq_len {marker:,}")
+            ax.legend(loc="upper right", fontsize="small")
+        ax.set_xlim(0, hi)
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("tokens per sample")
+        ax.set_ylabel("samples")
+        ax.set_title(title, fontsize="medium", wrap=True)
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, format="PNG")
+    fig.savefig(path, format="png", dpi=dpi)
     return path
 
 
@@ -237,20 +317,26 @@ def run(args: argparse.Namespace) -> int:
         if args.seq_len < 1 or args.buffer < 1:
             raise CommandError("--seq-len and --buffer must be positive")
         size = parse_size(args.png_size)
+        if args.png is not None:
+            _matplotlib()  # before the scan, not after it
         shards, config = prepare(args)
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tally = Tally()
-    for record in scan(shards, config, args.workers, limit=args.max_samples, desc="stats"):
-        tally.add(record)
+    for record, layout in scan_with_layout(shards, config, args.workers, limit=args.max_samples):
+        tally.add(record, layout)
     stats = compute_stats(tally, args, config.max_length)
     print_stats(stats)
     if args.png is not None:
         t = stats["tokens"]
         title = f"sample lengths: {stats['samples']['ok']:,} samples, mean {t['mean']:.0f}, p95 {t['p95']:.0f} tokens"
         marker = args.seq_len if args.seq_len <= 2 * max(t["max"], 1) else None
-        draw_histogram(tally.columns["tokens"].tolist(), args.png, size, args.bins, title, marker)
+        try:
+            draw_histogram(tally.columns["tokens"].tolist(), args.png, size, args.bins, title, marker)
+        except CommandError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"wrote the length histogram to {args.png}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`isaac-data stats`: its numbers equal ones computed here directly with the processor, and the PNG is right."""
+"""`isaac-data stats`: its numbers equal ones computed here directly with the processor, and the PNG is right
+(drawn with matplotlib; without it --png says how to install it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import io
 import json
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -98,9 +100,9 @@ def reference_packing(lengths: list[int], seq_len: int, buffer: int) -> tuple[in
 
 
 def test_numbers_equal_direct_computation(dataset, tmp_path, capsys):
-    out_json, png = tmp_path / "stats.json", tmp_path / "hist.png"
+    out_json = tmp_path / "stats.json"
     code = call(stats, [dataset["root"], "--workers", "1", "--seq-len", SEQ_LEN, "--buffer", BUFFER,
-                        "--json", out_json, "--png", png, "--png-size", "640x400"])
+                        "--json", out_json])
     assert code == 0
     got = json.loads(out_json.read_text())
     exp = dataset["expected"]
@@ -117,6 +119,12 @@ def test_numbers_equal_direct_computation(dataset, tmp_path, capsys):
     assert got["samples_with_images"] == sum(e[3] > 0 for e in exp)
     assert got["by_source"]["docs"]["samples"] == sum(e[4] == "docs" for e in exp)
     assert got["by_source"]["chat"]["tokens"] == sum(e[0] for e in exp if e[4] == "chat")
+    docs = [e for e in exp if e[4] == "docs"]  # documents: their images, then one text
+    assert got["documents"]["samples"] == len(docs)
+    assert got["documents"]["without_images"] == sum(e[3] == 0 for e in docs)
+    assert got["documents"]["images_per_document"]["total"] == sum(e[3] for e in docs)
+    between = got["documents"]["text_tokens_between_images"]  # two images in a row: a gap of no text
+    assert between["gaps"] == sum(e[3] == 2 for e in docs) and between["total"] == 0  # (real gaps: test_interleaved)
 
     rows, tokens, too_long = reference_packing(lengths, SEQ_LEN, BUFFER)
     packed, padded = got["packing"]["packed"], got["packing"]["padded"]
@@ -134,9 +142,26 @@ def test_numbers_equal_direct_computation(dataset, tmp_path, capsys):
     assert f"fill {packed['fill']:.3f}" in printed and f"fill {pad_fill:.3f}" in printed
     assert f"{packed['fill'] / pad_fill:.2f}x" in printed
     assert "skipped no_labels" in printed
+    assert f"documents: {len(docs)} of 40 usable samples" in printed and "text tokens between images" in printed
+
+
+def test_png_through_the_command(dataset, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "sub" / "hist.png"
+    code = call(stats, [dataset["root"], "--workers", "1", "--seq-len", SEQ_LEN, "--png", png, "--png-size",
+                        "640x400"])
+    assert code == 0 and f"wrote the length histogram to {png}" in capsys.readouterr().out
     with Image.open(png) as img:
         assert img.format == "PNG" and img.size == (640, 400)
         img.load()
+
+
+def test_png_without_matplotlib_says_how_to_install(dataset, tmp_path, capsys, monkeypatch):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)  # `import` of these now raises ImportError
+    code = call(stats, [dataset["root"], "--workers", "1", "--png", tmp_path / "h.png"])
+    assert code == 2 and "pip install -e '.[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "h.png").exists()
 
 
 def test_max_samples_with_a_pool(dataset, tmp_path):
@@ -156,6 +181,7 @@ def test_max_samples_with_a_pool(dataset, tmp_path):
 
 
 def test_histogram_drawing(tmp_path):
+    pytest.importorskip("matplotlib")
     path = stats.draw_histogram([5, 7, 7, 30, 120], tmp_path / "h.png", (300, 200), 10, "t", marker=100)
     with Image.open(path) as img:
         assert img.size == (300, 200)
