@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from isaac_train.data.records import _as_list, _content_items
+
 from .converters import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -43,8 +45,6 @@ from .converters import (
     InputError,
     Item,
     Skip,
-    _as_list,
-    _content_items,
     _jsonl_items,
     _parse_line,
     check_image,

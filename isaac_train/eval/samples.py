@@ -96,7 +96,7 @@ def _from_shards(shards: Any, limit: int | None) -> EvalSet:
 
 def _from_jsonl(path: Path, limit: int | None, image_root: str | Path | None) -> EvalSet:
     """Each line through make-shards' own record converter (images read and checked as it does)."""
-    from data_tools.converters import Skip, convert_record  # the one reader of chat records
+    from ..data.records import Skip, convert_record  # make-shards' own reader of chat records
 
     root = Path(image_root) if image_root is not None else path.parent
     out = EvalSet([])
