@@ -7,8 +7,9 @@ Every function takes the generated text and the expected text and returns number
 - `multiple_choice`: the option letter chosen ("B", "(B)", "B.", "Answer: B", or the option's text when the
   options are given) equals the expected one.
 - `grounding`: every `<point_box>`, `<point>` and `<polygon>` parsed (processing/grounding.py; a polygon counts
-  as its bounding box), matched to the expected boxes within each mention by the assignment that maximises the
-  total IoU (Hungarian, scipy's linear_sum_assignment). A match with IoU >= `iou_threshold` (0.5) is a true
+  as its bounding box), matched to the expected boxes within each mention by the assignment (Hungarian, scipy's
+  linear_sum_assignment) that makes the most matches at IoU >= `iou_threshold` and, among those, has the largest
+  total IoU (maximising total IoU alone can trade two matches for one). A match with IoU >= 0.5 is a true
   positive; precision = TP / predicted, recall = TP / expected; mean IoU is over the expected boxes (an unmatched
   one counts 0). Predicted points are scored as point-in-box hits against the expected boxes. Tags that do not
   parse (wrong number of coordinates, unclosed) are counted as malformed, never an error.
@@ -92,10 +93,13 @@ def _in_box(point: tuple[float, float], box: tuple[float, ...]) -> float:
     return float(x1 <= point[0] <= x2 and y1 <= point[1] <= y2)
 
 
-def _best_assignment(scores: np.ndarray) -> list[tuple[int, int]]:
+def _best_assignment(scores: np.ndarray, threshold: float | None = None) -> list[tuple[int, int]]:
+    """Rows paired with columns maximising the total score; with `threshold`, maximising first the number of
+    pairs at or above it (each such pair is worth more than any total of scores in [0, 1] can make up)."""
     if scores.size == 0:
         return []
-    rows, cols = linear_sum_assignment(scores, maximize=True)
+    weights = scores if threshold is None else scores + (scores >= threshold) * (min(scores.shape) + 1.0)
+    rows, cols = linear_sum_assignment(weights, maximize=True)
     return list(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
@@ -125,7 +129,7 @@ def grounding(generated: str, expected: str, iou_threshold: float = 0.5) -> dict
         boxes = [box_of(g) for g in expected_items]
         predicted = [box_of(g) for g in got_boxes.get(key, [])]
         ious = np.array([[box_iou(p, t) for t in boxes] for p in predicted]).reshape(len(predicted), len(boxes))
-        for p, t in _best_assignment(ious):
+        for p, t in _best_assignment(ious, iou_threshold):
             out["iou_sum"] += ious[p, t]
             out["true_positives"] += float(ious[p, t] >= iou_threshold)
         points = [g.points[0] for g in got_points.get(key, [])]

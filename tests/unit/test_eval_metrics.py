@@ -107,3 +107,15 @@ def test_wilson_interval():
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(0, 5)[0] == 0.0
+
+
+def test_matching_prefers_more_true_positives_over_a_larger_total_iou():
+    """Expected boxes x 0-100 and 22-83, predictions x 23-80 and 30-70 (all y 0-100). Pairing them in order gives
+    IoUs 0.57 and 0.66 (2 matches at 0.5); crossed gives 0.93 and 0.40 (total 1.33 > 1.23, but 1 match). The
+    count at the threshold comes first."""
+    box = '<point_box mention="bar"> ({},0) ({},100) </point_box>'
+    expected = box.format(0, 100) + " " + box.format(22, 83)
+    generated = box.format(23, 80) + " " + box.format(30, 70)
+    counts = grounding(generated, expected)
+    assert counts["true_positives"] == 2
+    assert counts["iou_sum"] == pytest.approx(0.57 + 40 / 61)
