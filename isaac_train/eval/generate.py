@@ -23,7 +23,7 @@ from typing import Any
 import PIL.Image
 import torch
 
-from .samples import EvalSample
+from .samples import EvalSample, content_text
 
 
 def rank_share(n: int, rank: int, world: int, equal: bool = False) -> list[int | None]:
@@ -70,22 +70,35 @@ def generate_batch(model, processor, samples: Sequence[EvalSample], max_new_toke
 def generate_answers(model, processor, samples: Sequence[EvalSample], batch_size: int = 8, max_new_tokens: int = 64,
                      do_sample: bool = False, synced: bool = False, progress: bool = False,
                      **sampling: Any) -> list[str]:
-    """The answers to `samples` in order, `batch_size` at a time; `progress` shows a bar with samples/s."""
+    """The answers to `samples` in order, `batch_size` at a time; `progress` shows a bar with samples/s.
+
+    Batches are formed from the samples sorted by `_batch_key` (image count, prompt text) and the answers put back
+    in the given order: alike prompts (one task's template) pad less and tend to answer at alike lengths, so a
+    batch waits less for its longest answer. A greedy answer does not depend on its batch."""
     from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
-    answers: list[str] = []
+    order = sorted(range(len(samples)), key=lambda i: _batch_key(samples[i]))
+    answers: dict[int, str] = {}
     bar = tqdm(total=len(samples), desc="generating", unit="sample", disable=not progress, dynamic_ncols=True)
     try:
-        for lo in range(0, len(samples), batch_size):
-            chunk = samples[lo:lo + batch_size]
-            answers += generate_batch(model, processor, chunk, max_new_tokens, do_sample, synced, **sampling)
+        for lo in range(0, len(order), batch_size):
+            chunk = order[lo:lo + batch_size]
+            texts = generate_batch(model, processor, [samples[i] for i in chunk], max_new_tokens, do_sample, synced,
+                                   **sampling)
+            answers.update(zip(chunk, texts, strict=True))
             bar.update(len(chunk))  # the bar shows samples/s
     finally:
         bar.close()
         model.train(was_training)
-    return answers
+    return [answers[i] for i in range(len(samples))]
+
+
+def _batch_key(sample: EvalSample) -> tuple[int, int, str]:
+    """Images, then prompt length, then the question: samples of one task template end up side by side."""
+    text = " ".join(content_text(m.get("content", "")) for m in sample.messages)
+    return len(sample.images), len(text), sample.question
 
 
 def answers_on_rank(model, processor, samples: Sequence[EvalSample], rank: int, world: int, synced: bool = False,
