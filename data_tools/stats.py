@@ -17,27 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import sys
 from array import array
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from isaac_train.data.decode import SkipSample, parse_sample
 from isaac_train.data.packing import simulate_packing
-from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
-from isaac_train.processing.processor import IsaacProcessor
 
-from .validate import CommandError, SampleRecord, ScanConfig, add_scan_arguments, plan_tasks, prepare, scan_sample
+from .validate import CommandError, SampleRecord, add_scan_arguments, prepare, scan
 
 PLOT_HINT = "pip install -e '.[plot]'"
-Layout = tuple[int, list[int]]  # a document's images and the text tokens between each two consecutive images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,77 +89,6 @@ def packing_report(lengths: Sequence[int], patches: Sequence[int], seq_len: int,
 COLUMNS = ("tokens", "label_tokens", "images", "patches", "image_tokens")
 
 
-# ---- document layout ------------------------------------------------------------------------------------
-
-
-def document_layout(members: dict[str, bytes], processor: IsaacProcessor) -> Layout | None:
-    """(images, text tokens between each two consecutive images) of a document sample as stored; None for a
-    conversation. Each text piece between images is tokenized alone, as the processor does."""
-    kind, items, _, _ = parse_sample(members)
-    if kind != "document":
-        return None
-    text = processor.flatten_messages([{"role": "document", "content": items}])[0]["content"]
-    pieces = text.split(processor.vision_token)
-    gaps = [len(processor._encode_text(piece)[0]) if piece else 0 for piece in pieces[1:-1]]
-    return len(pieces) - 1, gaps
-
-
-_STATE: tuple[ShardSet, ScanConfig] | None = None
-
-
-def _init_worker(shards: ShardSet, config: ScanConfig) -> None:
-    global _STATE
-    torch.set_num_threads(1)  # one process per core
-    _STATE = (shards, config)
-
-
-def _scan_chunk(task: tuple[str, int, int, int]) -> list[tuple[SampleRecord, Layout | None]]:
-    """One chunk of a shard's samples: validate's record of each, and a usable document's layout."""
-    assert _STATE is not None, "scan state not set (call scan_with_layout())"
-    shards, config = _STATE
-    _, shard, start, stop = task
-    out = []
-    for position in range(start, stop):
-        record = scan_sample(shards, shard, position, config)
-        layout = None
-        if record.ok:
-            try:
-                layout = document_layout(read_sample(shards.ref(shard, position)), config.processor)
-            except (SampleReadError, SkipSample):  # read and parsed a moment ago: only a file changing under us
-                layout = None
-        out.append((record, layout))
-    return out
-
-
-def scan_with_layout(shards: ShardSet, config: ScanConfig, workers: int = 1, limit: int | None = None,
-                     desc: str = "stats") -> Iterator[tuple[SampleRecord, Layout | None]]:
-    """validate.scan's records in data order (the first `limit` samples when given), each with its document
-    layout (None for conversations and skipped samples), computed by `workers` processes."""
-    global _STATE
-    tasks = plan_tasks(shards, False, limit)
-    pool = None
-    if workers > 1 and len(tasks) > 1:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(shards, config))
-        results: Iterator[list[tuple[SampleRecord, Layout | None]]] = pool.imap(_scan_chunk, tasks)
-    else:
-        _STATE = (shards, config)
-        results = map(_scan_chunk, tasks)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # per-sample tensors are small: intra-op threads only add overhead
-    try:
-        with tqdm(total=sum(stop - start for _, _, start, stop in tasks), unit="sample", desc=desc,
-                  dynamic_ncols=True, mininterval=0.5) as bar:
-            for chunk in results:
-                yield from chunk
-                bar.update(len(chunk))
-    finally:
-        torch.set_num_threads(threads)
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-
-
 class Tally:
     """Per-sample counts of the usable samples in data order (compact int64 arrays, not records, so a full
     dataset fits in memory), skips by reason, per-source totals and the layout of document samples."""
@@ -179,15 +101,15 @@ class Tally:
         self.document_images = array("q")  # per usable document sample
         self.image_gaps = array("q")  # text tokens between two consecutive images, every gap of every document
 
-    def add(self, record: SampleRecord, layout: Layout | None = None) -> None:
+    def add(self, record: SampleRecord) -> None:
         """Count one scanned sample (and, for a document, its layout)."""
         self.scanned += 1
         if not record.ok:
             self.skipped[record.reason or "?"] += 1
             return
-        if layout is not None:
-            self.document_images.append(layout[0])
-            self.image_gaps.extend(layout[1])
+        if record.layout is not None:
+            self.document_images.append(record.layout[0])
+            self.image_gaps.extend(record.layout[1])
         for name in COLUMNS:
             self.columns[name].append(getattr(record, name))
         s = self.sources.setdefault(record.source or "-", {"samples": 0, "tokens": 0, "label_tokens": 0, "images": 0})
@@ -319,13 +241,13 @@ def run(args: argparse.Namespace) -> int:
         size = parse_size(args.png_size)
         if args.png is not None:
             _matplotlib()  # before the scan, not after it
-        shards, config = prepare(args)
+        shards, config = prepare(args, layouts=True)
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tally = Tally()
-    for record, layout in scan_with_layout(shards, config, args.workers, limit=args.max_samples):
-        tally.add(record, layout)
+    for record in scan(shards, config, args.workers, limit=args.max_samples, desc="stats"):
+        tally.add(record)
     stats = compute_stats(tally, args, config.max_length)
     print_stats(stats)
     if args.png is not None:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from isaac_train.data.decode import SkipSample, encode_members
+from isaac_train.data.decode import SkipSample, encode_members, parse_sample
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
 from isaac_train.processing.processor import IsaacProcessor
 
@@ -117,6 +117,9 @@ class SampleRecord:
     images: int = 0
     patches: int = 0
     image_tokens: int = 0
+    # with ScanConfig.layouts, a usable document's layout: its images and the text tokens between each two
+    # consecutive images (None for a conversation)
+    layout: tuple[int, list[int]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -134,6 +137,7 @@ class ScanConfig:
     processor: IsaacProcessor
     max_length: int
     length_policy: str
+    layouts: bool = False  # also record each document's layout (isaac-data stats)
 
 
 def clean_message(message: str) -> str:
@@ -172,7 +176,21 @@ def scan_sample(shards: ShardSet, shard: int, position: int, config: ScanConfig)
     record.images = int(sample.image_grid_hw.shape[0])
     record.patches = 0 if sample.pixel_values is None else int(sample.pixel_values.shape[0])
     record.image_tokens = int((sample.input_ids == config.processor.image_token_id).sum())
+    if config.layouts:
+        record.layout = document_layout(members, config.processor)
     return record
+
+
+def document_layout(members: dict[str, bytes], processor: IsaacProcessor) -> tuple[int, list[int]] | None:
+    """(images, text tokens between each two consecutive images) of a document sample as stored; None for a
+    conversation. Each text piece between images is tokenized alone, as the processor does."""
+    kind, items, _, _ = parse_sample(members)
+    if kind != "document":
+        return None
+    text = processor.flatten_messages([{"role": "document", "content": items}])[0]["content"]
+    pieces = text.split(processor.vision_token)
+    gaps = [len(processor._encode_text(piece)[0]) if piece else 0 for piece in pieces[1:-1]]
+    return len(pieces) - 1, gaps
 
 
 def check_shard_file(tar: str | Path, manifest: dict[str, Any]) -> list[SampleRecord]:
@@ -277,11 +295,11 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes reading and processing samples (default: min(8, CPUs))")
 
 
-def prepare(args: argparse.Namespace) -> tuple[ShardSet, ScanConfig]:
+def prepare(args: argparse.Namespace, layouts: bool = False) -> tuple[ShardSet, ScanConfig]:
     """The ShardSet and ScanConfig the arguments name (raises CommandError)."""
     shards = open_shards(args.data)
     processor = load_processor(args.processor)
-    return shards, ScanConfig(processor, resolve_max_length(processor, args.max_length), args.length_policy)
+    return shards, ScanConfig(processor, resolve_max_length(processor, args.max_length), args.length_policy, layouts)
 
 
 # ---- the command ----------------------------------------------------------------------------------------
