@@ -6,10 +6,11 @@ Each batch goes through the processor (left padding, images per prompt) and `mod
 stop at eos; the image placeholder is never generated). A greedy answer equals the sample's unbatched answer
 (tests/unit/test_batched_generation.py).
 
-On several processes each rank answers `rank_share` of the samples and `gather_answers` puts them back in order
-on every rank. With sharded weights (fsdp, zero3: `synced=True`) every rank must run every forward, so the ranks
-take equally long shares (a short one is topped up with copies of a sample whose answers are dropped) and
-generate with `synced_gpus` (a rank whose batch finished keeps stepping until all have).
+On several processes each rank answers `rank_share` of the samples (`answers_on_rank`), and `merge_answers`
+puts the gathered answers back in order, each sample once. With sharded weights (fsdp, zero3: `synced=True`)
+every rank must run every forward, so the ranks take equally long shares (a short one is topped up with copies of
+a sample whose answers are dropped) and generate with `synced_gpus` (a rank whose batch finished keeps stepping
+until all have).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def answers_on_rank(model, processor, samples: Sequence[EvalSample], rank: int, 
     share = rank_share(len(samples), rank, world, equal=synced)
     if not share:
         return {}
-    filler = next(i for i in share if i is not None) if any(i is not None for i in share) else 0
+    filler = share[0] if share[0] is not None else 0  # a rank's first entry is a real sample unless it has none
     picked = [samples[filler if i is None else i] for i in share]
     answers = generate_answers(model, processor, picked, synced=synced, **options)
     return {i: a for i, a in zip(share, answers, strict=True) if i is not None}

@@ -53,11 +53,13 @@ def evaluate(model, processor, samples: list[EvalSample], env=None, metric: str 
     return EvalResult(rows, summarize(rows))
 
 
-def write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Prediction rows as JSON lines at `path`, written whole or not at all (a temporary file, renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def write_results(result: EvalResult, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.decode import SkipSample, parse_sample
+from ..data.records import Skip, _as_list, convert_record
 from ..data.shards import SampleReadError, ShardSet, read_sample
 
 
@@ -95,30 +96,29 @@ def _from_shards(shards: Any, limit: int | None) -> EvalSet:
 
 
 def _from_jsonl(path: Path, limit: int | None, image_root: str | Path | None) -> EvalSet:
-    """Each line through make-shards' own record converter (images read and checked as it does)."""
-    from ..data.records import Skip, convert_record  # make-shards' own reader of chat records
-
+    """Each line through make-shards' own record converter (data/records.py: images read and checked as it
+    does)."""
     root = Path(image_root) if image_root is not None else path.parent
     out = EvalSet([])
     with open(path, encoding="utf-8") as f:
-        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-    for lineno, line in lines:
-        if limit is not None and len(out.samples) >= limit:
-            break
-        where = f"{path.name} line {lineno}"
-        try:
-            obj = json.loads(line)
-            converted = convert_record(obj, root, where)
-        except json.JSONDecodeError:
-            out.skipped["bad_json"] += 1
-            continue
-        except Skip as err:
-            out.skipped[err.reason] += 1
-            continue
-        messages = converted.sample["messages"]
-        refs = [str(r) for r in (obj.get("images") or ([obj["image"]] if obj.get("image") else []))]
-        key = str(obj.get("id", f"line{lineno:06d}"))
-        sample = _sample(key, "chat", messages, [data for _, data in converted.images], obj, refs, out.skipped)
-        if sample is not None:
-            out.samples.append(sample)
+        for lineno, line in enumerate(f, 1):
+            if limit is not None and len(out.samples) >= limit:
+                break
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                converted = convert_record(obj, root, f"{path.name} line {lineno}")
+            except json.JSONDecodeError:
+                out.skipped["bad_json"] += 1
+                continue
+            except Skip as err:
+                out.skipped[err.reason] += 1
+                continue
+            refs = [str(r) for r in (_as_list(obj.get("images")) or _as_list(obj.get("image")))]  # as convert_record
+            images = [data for _, data in converted.images]
+            sample = _sample(str(obj.get("id", f"line{lineno:06d}")), "chat", converted.sample["messages"], images,
+                             obj, refs, out.skipped)
+            if sample is not None:
+                out.samples.append(sample)
     return out

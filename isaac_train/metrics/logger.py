@@ -75,12 +75,9 @@ class MetricsLogger:
         """An evaluation's prediction rows as eval/step_NNNNNNN.jsonl (rank 0); its path."""
         if self.rank != 0:
             return None
-        path = self.path.parent / EVAL_DIR / f"step_{step:07d}.jsonl"
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        tmp.replace(path)
-        return path
+        from ..eval.run import write_predictions
+
+        return write_predictions(self.path.parent / EVAL_DIR / f"step_{step:07d}.jsonl", rows)
 
     def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         """Sample predictions as a W&B table, images included (the rows are on disk through `predictions`)."""

@@ -382,7 +382,7 @@ def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device
     metrics.jsonl and trainer_state.json) and training goes on. With sharded weights a failure inside a forward
     on a single rank leaves the others in a collective until strategy.timeout_s."""
     local, samples = _local_eval(cfg, strategy, processor, data, device, env)
-    parts = env.gather(local) if env.distributed else [local]  # answers and failures only: no sample bytes
+    parts = env.gather(local)  # answers and failures only: no sample bytes
     failed = next((p.failure for p in parts if p.failure is not None), None)
     if failed is None and env.is_main:
         try:
