@@ -57,9 +57,8 @@ def processing_fields(processor) -> dict[str, Any]:
 def mm_processor_kwargs(processor) -> dict[str, Any]:
     """The `--mm-processor-kwargs` vLLM needs to preprocess images as `processor` does: only the settings that
     differ from vLLM's IsaacImageProcessor defaults (empty when all are equal)."""
-    ip = processor.image_processor
-    ours = {"patch_size": ip.patch_size, "vision_max_num_patches": ip.max_num_patches,
-            "vision_min_num_patches": ip.min_num_patches, "pixel_shuffle_scale": ip.pixel_shuffle_scale}
+    fields = processing_fields(processor)
+    ours = {key: fields["video_patch_size" if key == "patch_size" else key] for key in VLLM_IMAGE_DEFAULTS}
     return {key: value for key, value in ours.items() if value != VLLM_IMAGE_DEFAULTS[key]}
 
 
