@@ -20,21 +20,12 @@ from pathlib import Path
 
 import isaac_train  # noqa: F401  (Auto classes)
 from isaac_train.config.schema import ConfigError
-from isaac_train.eval import exact_match, generate_answers, grounding, read_eval_samples
+from isaac_train.eval import generate_answers, read_eval_samples, score_rows
 from isaac_train.train.cli import compose_config, report_config_error
 from isaac_train.train.loop import exit_code, train
 
 # Chance of a blind guess per question type (colours: 4, counts: 3, places: 5; a box: ~0).
 CHANCE = {"colour": 1 / 4, "count": 1 / 3, "location": 1 / 5, "grounding": 0.0}
-
-
-def is_correct(kind: str, generated: str, expected: str) -> bool:
-    """Text: the expected sentence (isaac_train.eval's exact match); a box: every expected box found at IoU >= 0.5
-    (isaac_train.eval's grounding matching)."""
-    if kind != "grounding":
-        return bool(exact_match(generated, expected))
-    counts = grounding(generated, expected)
-    return counts["expected_boxes"] > 0 and counts["true_positives"] == counts["expected_boxes"]
 
 
 def held_out_accuracy(export_dir: Path, eval_dir: str, n: int, show: int = 8) -> dict[str, float]:
@@ -46,13 +37,14 @@ def held_out_accuracy(export_dir: Path, eval_dir: str, n: int, show: int = 8) ->
     samples = read_eval_samples(eval_dir, n).samples
     answers = generate_answers(model, processor, samples, batch_size=8, max_new_tokens=48)
     right, total = defaultdict(int), defaultdict(int)
-    for i, (sample, generated) in enumerate(zip(samples, answers, strict=True)):
+    # each sample's metric as isaac-eval picks it: grounding for the box questions, exact match for the others
+    for i, (sample, row) in enumerate(zip(samples, score_rows(samples, answers), strict=True)):
         kind = sample.meta.get("type", "other")
-        ok = is_correct(kind, generated, sample.expected)
+        ok = bool(row["scores"].get("all_found", row["scores"].get("exact_match")))
         right[kind] += ok
         total[kind] += 1
         if i < show:
-            print(f"  [{'ok' if ok else '--'}] {sample.question}  ->  {generated}")
+            print(f"  [{'ok' if ok else '--'}] {sample.question}  ->  {row['generated']}")
     accuracy = {k: right[k] / total[k] for k in sorted(total)}
     for kind in sorted(total):
         print(f"  {kind:>9}: {right[kind]:3d}/{total[kind]:3d} = {accuracy[kind]:.0%}  "
