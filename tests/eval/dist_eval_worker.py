@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from isaac_train.distributed.setup import DistEnv
+from isaac_train.distributed.setup import DistEnv, shutdown_and_exit
 from isaac_train.eval.generate import answers_on_rank, merge_answers
 from isaac_train.eval.samples import read_eval_samples
 from isaac_train.model import IsaacForConditionalGeneration
@@ -55,8 +55,7 @@ def main() -> None:
                             batch_size=3, max_new_tokens=6)
     answers = merge_answers(env.gather(local), len(samples))
     (out / f"rank{env.rank}.json").write_text(json.dumps({"share": sorted(local), "answers": answers}))
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown_and_exit(env, 0)  # barrier, destroy, flush, os._exit: the gloo exit abort of shared/platform_notes.md
 
 
 if __name__ == "__main__":
