@@ -7,7 +7,9 @@ skip counts. The main process keeps the state of the last batch *consumed* from 
 `state_dict()` never counts prefetched batches; `load_state_dict()` restarts every reader where it stopped,
 re-reading and re-processing the few samples that were waiting in its packer, and rotates the workers so the
 round-robin order of batches continues exactly. Resuming with another world size, worker count or data
-configuration is refused with a message.
+configuration is refused with a message. Each worker's RNGs (torch, random, NumPy) are seeded from train.seed, its
+reader and its place in the stream, and again before each sample from the sample's address (seeding.py); images
+over `max_image_pixels` are skipped from their header, never decoded (decode.py).
 
 Data that yields nothing stops instead of hanging: a source with fewer samples than the job has readers is refused
 at construction (every rank computes the same, so all refuse together), and a reader whose source completes an
@@ -20,6 +22,7 @@ import copy
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -37,6 +40,8 @@ from ..processing.processor import IsaacProcessor
 from .decode import SkipSample, encode_members
 from .order import mixture_choice, reader_order
 from .packing import PackedBatch, Packer, PackItem, item_from_sample
+from .records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
+from .seeding import SAMPLE_STREAM, WORKER_STREAM, derive_seed, seed_host, seeded_host
 from .shards import SampleReadError, ShardSet, read_sample
 
 logger = logging.getLogger(__name__)
@@ -65,6 +70,7 @@ class LoaderSpec:
     shuffle_block: int = 1024
     epochs: int | None = None  # None: repeat forever (training); N: stop after N epochs of every source
     length_policy: str = "truncate"
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # images over it are skipped from their header (image_too_large)
     max_error_rate: float = 0.1
     min_samples_for_error_rate: int = 200
     num_workers: int = 2
@@ -75,6 +81,8 @@ class LoaderSpec:
                                                                      "max_error_rate", "min_samples_for_error_rate")}
         stream["sources"] = [(s.name, s.weight, ss.fingerprint()) for s, ss in zip(self.sources, shard_sets,
                                                                                     strict=True)]
+        if stream["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS:  # checkpoints from before the setting still resume
+            del stream["max_image_pixels"]
         return hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -164,8 +172,10 @@ class _Reader:
         shard, position = (int(x) for x in self._order(source, epoch)[index])
         ref = self.sets[source].ref(shard, position)
         try:
-            sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len, self.spec.length_policy,
-                                    normalize_pixels=False)
+            # any draw while processing (an augmentation) is a function of the sample's address (seeding.py)
+            with seeded_host(derive_seed(SAMPLE_STREAM, self.spec.seed, self.reader, source, epoch, index)):
+                sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len,
+                                        self.spec.length_policy, normalize_pixels=False)
             item = item_from_sample(sample, address, f"{self.spec.sources[source].name}/{ref.key}")
             if not self.packer.fits(item):
                 raise SkipSample("too_long", f"{item.patches} patches exceed max_patches_per_row")
@@ -223,6 +233,10 @@ class PackedDataset(IterableDataset):
         slot = (worker + self.rotation) % self.slots
         reader = self.rank * self.slots + slot
         torch.set_num_threads(1)
+        set_max_image_pixels(self.spec.max_image_pixels)  # inherited from the main process, but not under spawn
+        if info is not None:  # torch seeded this worker alike on every rank and at every resume: reseed (seeding.py)
+            state = self.states[slot]
+            seed_host(derive_seed(WORKER_STREAM, self.spec.seed, reader, state.batches if state else 0))
         stream = _Reader(self.spec, self.shard_sets, self.processor, reader, self.world_size * self.slots,
                          self.states[slot])
         for batch in stream.batches():
@@ -243,6 +257,7 @@ class PackedLoader:
         self.spec, self.rank, self.world_size = spec, rank, world_size
         self.dataset = PackedDataset(spec, processor, rank, world_size)
         self._refuse_empty_readers()
+        set_max_image_pixels(spec.max_image_pixels)  # the process's image checks and PIL's own (records.py)
         self.fingerprint = spec.fingerprint(self.dataset.shard_sets)
         self.consumed = 0
         self.states: list[ReaderState | None] = [None] * self.dataset.slots
@@ -354,7 +369,14 @@ def ignore_stop_signals(_worker_id: int) -> None:
     """In each DataLoader worker: SIGTERM / SIGUSR1 from anyone but the main process are for the training
     process. A batch system (or torchrun) signals the whole process group; a worker that died of it would end
     the run before its checkpoint. SIGTERM from the main process still ends the worker at once, as torch's own
-    handler does (its shutdown path), and the worker still exits when the main process dies (torch's watchdog)."""
+    handler does (its shutdown path), and the worker dies with the main process (a parent-death signal: torch's own
+    watchdog would take up to 5 s, and a kill -9 of the rank must leave no worker behind)."""
+    from ..distributed.lifecycle import die_with_parent
+
+    die_with_parent()
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the rank died before the request took effect
+        os._exit(0)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started from here on inherit the mask
 

@@ -101,11 +101,13 @@ def run_faults() -> tuple[type[BaseException], ...]:
     """Errors that end a run with a message saying what happened and what to do: shown without a traceback.
     ValueError covers the refusals (a changed configuration on resume, a checkpoint from elsewhere, a payload)."""
     from ..checkpoint.manager import CheckpointWriteError
+    from ..checkpoint.run_lock import RunDirInUse, RunDirTakenOver
     from ..data.loader import NoUsableSamples
     from ..distributed.watchdog import RankFailure
     from .loop import TrainingDiverged
 
-    return CheckpointWriteError, NoUsableSamples, RankFailure, TrainingDiverged, ValueError, FileNotFoundError
+    return (CheckpointWriteError, NoUsableSamples, RankFailure, TrainingDiverged, RunDirInUse, RunDirTakenOver,
+            ValueError, FileNotFoundError)
 
 
 def report_fault(message: str) -> None:
@@ -141,6 +143,9 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from ..distributed import lifecycle
+
+    stop = lifecycle.begin()  # first: a stop signal during start-up ends in exit 75; a rank dies with its launcher
     if sys.argv[1:2] == ["plot"]:  # a subcommand, before Hydra reads the command line as overrides
         from ..metrics.plot import main as plot_main
 
@@ -150,6 +155,7 @@ def main() -> None:
     register_schema()
     sys.argv[1:] = quote_shard_patterns(sys.argv[1:])
     check_command_line(sys.argv[1:])
+    lifecycle.exit_before_training(stop, "reading the configuration")
     _main()
 
 

@@ -7,7 +7,8 @@ The loss of a step is the sum of token losses over all its micro-batches divided
 tokens, so gradient accumulation changes nothing but memory.
 
 Faults: a step whose loss or gradient norm is not finite (on any rank) changes nothing and is counted;
-`train.max_skipped_steps` of them in a row stop the run. SIGTERM / SIGUSR1 (to this process, to torchrun or to
+`train.max_skipped_steps` of them in a row stop the run. An update that leaves a trainable weight non-finite (on
+any rank) stops the run with WeightsNotFinite, and no checkpoint of those weights is committed (train_step). SIGTERM / SIGUSR1 (to this process, to torchrun or to
 the whole process group) finish the current step on every rank, write a checkpoint and exit with
 REQUEUE_EXIT_CODE; the next start of the same command resumes from the newest checkpoint that verifies. A rank
 that stalls or dies is named by the others (distributed/watchdog.py).
@@ -20,7 +21,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -31,8 +31,11 @@ import torch
 from omegaconf import OmegaConf
 
 from ..checkpoint.manager import CheckpointManager, TrainState, rng_state, set_rng_state
+from ..checkpoint.run_lock import RunLock, check_still_held, hold_run_dir
 from ..config.schema import Config
 from ..data.loader import reshard_loader_state
+from ..data.seeding import seed_all
+from ..distributed.lifecycle import REQUEUE_EXIT_CODE, StopFlag, exit_before_training, record_requeue, stop_flag
 from ..distributed.setup import init_distributed
 from ..distributed.strategy import Strategy, make_strategy
 from ..distributed.watchdog import Watchdog
@@ -46,7 +49,6 @@ from .evaluate import LocalEval, eval_loss, local_answers, scored_rows, table_ro
 from .precision import describe_parameter_memory
 
 logger = logging.getLogger(__name__)
-REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: "stopped on a signal, checkpointed, start me again"
 
 
 @dataclass
@@ -62,24 +64,6 @@ class TrainResult:
 
 class TrainingDiverged(RuntimeError):
     """Too many steps in a row were not finite; the last checkpoint holds the last good weights."""
-
-
-class StopFlag:
-    """Set by SIGTERM / SIGUSR1; the loop checks it between steps."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers (tests, notebooks)
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signal = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
@@ -123,13 +107,26 @@ def prepare_data(cfg: Config, run_dir: Path) -> dict[str, Any]:
 
 
 def train(cfg: Config) -> TrainResult:
-    """Run (or resume) a training run as configured; returns its final state and where things were written."""
+    """Run (or resume) a training run as configured; returns its final state and where things were written.
+    The run directory is this job's alone while it runs (checkpoint/run_lock.py): a second job on it is refused.
+    A stop signal before the first step leaves with REQUEUE_EXIT_CODE at once (distributed/lifecycle.py)."""
+    stop = stop_flag()
     run_dir = Path(cfg.run.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = init_distributed(cfg.strategy.name, cfg.strategy.timeout_s)
+    exit_before_training(stop, "starting the process group")
+    lock = hold_run_dir(run_dir, env)
+    try:
+        return _train(cfg, run_dir, env, stop, lock)
+    finally:
+        lock.release()
+        stop.restore()
+
+
+def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> TrainResult:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{env.rank} %(levelname)s %(name)s: %(message)s")
     device = env.device
-    torch.manual_seed(cfg.train.seed)
+    seed_all(cfg.train.seed)  # torch, CUDA, Python's random and NumPy alike (data/seeding.py)
 
     # ---- build ----
     model_config = build.model_config(cfg)
@@ -139,6 +136,7 @@ def train(cfg: Config) -> TrainResult:
     data = prepare_data(cfg, run_dir)
     if env.is_main:
         env.barrier()
+    exit_before_training(stop, "reading the data", cleanup=lock.release)
     strategy = make_strategy(cfg.strategy, env, cfg.train)
     strategy.setup(build.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
@@ -151,6 +149,7 @@ def train(cfg: Config) -> TrainResult:
     trainable = build.count_parameters(strategy.model, trainable=True)
 
     # ---- resume ----
+    exit_before_training(stop, "building the model", cleanup=lock.release)
     latest = _pick_checkpoint(ckpt, env) if cfg.run.resume else None
     if latest is not None:
         state = _resume(latest, ckpt, strategy, loader, ident, cfg, env)
@@ -159,7 +158,7 @@ def train(cfg: Config) -> TrainResult:
             ckpt.retain()  # a retention that an interrupted save left unfinished
     else:
         # Each rank its own random stream for dropout (the model itself was initialised identically everywhere).
-        torch.manual_seed(cfg.train.seed + 7919 * env.rank)
+        seed_all(cfg.train.seed + 7919 * env.rank)
     if env.is_main:
         OmegaConf.save(OmegaConf.structured(cfg), run_dir / "config.yaml")
 
@@ -171,11 +170,15 @@ def train(cfg: Config) -> TrainResult:
                       f"run dir {run_dir}")
     trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)
     window = StepWindow(model_parts(isaac), trains, device_peak_flops(device), loader.data_wait_s)
-    stop = StopFlag()
+    # A signal before the first step: every rank leaves alike (one collective), the checkpoint resumed from stands.
+    if env.any(stop.signal is not None):
+        stop.signal = stop.signal or signal.SIGTERM
+        exit_before_training(stop, "before the first step", latest, state.step, cleanup=lock.release)
     watchdog = Watchdog(env, cfg.strategy.timeout_s)
     batches = iter(loader)
     last: dict[str, Any] = {}
     saved_at = None
+    weights_flag = None  # the last update's non-finite-weights flag, on the device (train_step)
 
     # ---- the loop ----
     strategy.model.train()
@@ -184,7 +187,10 @@ def train(cfg: Config) -> TrainResult:
             watchdog.beat(state.step + 1)
             start = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            step = train_step(strategy, env, micro, cfg.train.clip_grad_norm, stop.signal is not None)
+            step = train_step(strategy, env, micro, cfg.train.clip_grad_norm, stop.signal is not None, weights_flag)
+            if step.previous_update_nonfinite:  # found in this step's one read: the previous update broke the weights
+                raise WeightsNotFinite(_weights_message(state.step, ckpt.latest(checksums=False)))
+            weights_flag = step.weights_nonfinite
             loss_sum, label_tokens, tokens, stopping = step.loss_sum, step.label_tokens, step.tokens, step.stopping
             grad_norm, applied = step.grad_norm, step.applied
             state.step += 1
@@ -218,6 +224,8 @@ def train(cfg: Config) -> TrainResult:
             final = state.step == cfg.train.max_steps
             if final or stopping or (cfg.train.save_every and state.step % cfg.train.save_every == 0):
                 watchdog.beat(state.step)
+                check_still_held(lock, env)
+                refuse_nonfinite_weights(weights_flag, state.step, env, ckpt)  # never a checkpoint of them
                 saved_at = _save(ckpt, strategy, loader, state, ident, env)
                 if env.is_main:
                     draw_quietly(run_dir)  # plots/ at every checkpoint, the final one included (never raises)
@@ -226,7 +234,7 @@ def train(cfg: Config) -> TrainResult:
                 metrics_log.write(f"signal {stop.signal or 'on another rank'}: checkpointed step {state.step} at "
                                   f"{saved_at}; exiting with code {REQUEUE_EXIT_CODE} so the job can be requeued")
                 if env.is_main:
-                    _record_requeue(state.step, saved_at)
+                    record_requeue(state.step, saved_at)
                 metrics_log.close()
                 stop.restore()
                 return TrainResult(state, run_dir, saved_at, None, last, stopped_by_signal=True, env=env)
@@ -257,7 +265,10 @@ def train(cfg: Config) -> TrainResult:
 @dataclass
 class StepResult:
     """One optimizer step, summed over ranks: loss sum, label and real tokens, whether any rank was asked to stop,
-    the gradient norm before clipping, and whether the update was applied (False: not finite, nothing changed)."""
+    the gradient norm before clipping, and whether the update was applied (False: not finite, nothing changed).
+    `weights_nonfinite`: this step's update's flag (strategy.nonfinite_weights, this rank's, on the device, not
+    read; None when nothing was updated); `previous_update_nonfinite`: the previous step's flag, summed over ranks
+    and read with this step's numbers (True: that update broke the weights; this step then updated nothing)."""
 
     loss_sum: float
     label_tokens: int
@@ -265,17 +276,36 @@ class StepResult:
     stopping: bool
     grad_norm: float
     applied: bool
+    weights_nonfinite: torch.Tensor | None = None
+    previous_update_nonfinite: bool = False
 
 
-def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | None, stop_requested: bool = False
-               ) -> StepResult:
+class WeightsNotFinite(TrainingDiverged):
+    """An update left non-finite trainable weights although its loss and gradient norm were finite; the run stops
+    before any checkpoint of them is committed."""
+
+
+def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | None, stop_requested: bool = False,
+               weights_nonfinite: torch.Tensor | None = None) -> StepResult:
     """Forward and backward the micro-batches (host PackedBatches), clip, update: the loop's step, also what the
     benchmarks time. The host reads from the device once: counts, loss and gradient norm together, after the
-    backward; the label count that scales the loss is summed over ranks on the device."""
+    backward; the label count that scales the loss is summed over ranks on the device.
+
+    Non-finite weights: after an applied update, a device-side flag over the trainable weights this rank holds
+    (strategy.nonfinite_weights: the max-abs of every weight, one pass over them) is left unread; the next step
+    passes it back as `weights_nonfinite`, sums it over ranks with its counts and reads it in its one read, and
+    before a checkpoint the loop reads it at once (refuse_nonfinite_weights). When it is set the run stops
+    (WeightsNotFinite) rather than skipping the update: not applying it exactly would need the update checked
+    before it lands, a second pass of the optimizer's arithmetic into temporary buffers (inside DeepSpeed's own
+    optimizer for ZeRO), or a copy of the weights and Adam's moments to restore (3x the trainable memory); with the
+    settings validated (schema: lr, eps, betas, weight decay finite and in range) and a finite gradient norm, an AdamW
+    step is bounded, so weights that still go non-finite point at something the loop cannot repair."""
     device = env.device
-    # This rank's label tokens, tokens and stop request, summed over ranks where they are.
+    # This rank's label tokens, tokens and stop request, and the previous update's weights flag, summed over ranks.
     local = [sum(b.num_label_tokens for b in micro), sum(b.num_tokens for b in micro), stop_requested]
-    counts = env.sum_tensor(torch.tensor(local, dtype=torch.float64).to(device))
+    previous = weights_nonfinite if weights_nonfinite is not None else torch.zeros((), dtype=torch.float64)
+    counts = env.sum_tensor(torch.cat([torch.tensor(local, dtype=torch.float64).to(device),
+                                       previous.to(device=device, dtype=torch.float64).reshape(1)]))
     # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses over the
     # global label count.
     scale = (env.world_size / counts[0].clamp(min=1)).float()
@@ -287,12 +317,32 @@ def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | Non
     norm = strategy.clip(clip_grad_norm)
     # the step's one read from the device
     read = torch.cat([counts, loss_sum[None], (norm if norm is not None else loss_sum).double().reshape(1)])
-    label_tokens, tokens, stopping, loss, grad_norm = read.tolist()
+    label_tokens, tokens, stopping, broken, loss, grad_norm = read.tolist()
     if label_tokens == 0:
         raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
+    if broken > 0:  # this step ran on weights the previous update broke: update nothing, the loop stops
+        return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, False,
+                          previous_update_nonfinite=True)
     # not finite on any rank: nothing is updated, on every rank alike
     grad_norm, applied = strategy.update(grad_norm if norm is not None else None, math.isfinite(loss))
-    return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, applied)
+    flag = strategy.nonfinite_weights() if applied else None
+    return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, applied, flag)
+
+
+def refuse_nonfinite_weights(flag: torch.Tensor | None, step: int, env, ckpt: CheckpointManager) -> None:
+    """Before a checkpoint is committed, on every rank: sum the last update's flag over ranks and read it (one read,
+    at save steps only); raise WeightsNotFinite when a weight on any rank is not finite. `flag` None: no update
+    since the weights were last known finite."""
+    if flag is not None and env.sum_tensor(flag.clone()).item() > 0:
+        raise WeightsNotFinite(_weights_message(step, ckpt.latest(checksums=False)))
+
+
+def _weights_message(step: int, previous: Path | None) -> str:
+    return (f"the update of step {step} left non-finite (inf or NaN) trainable weights on some rank, with a finite "
+            "loss and gradient norm: stopping, no checkpoint of these weights is committed. "
+            + (f"The last checkpoint, {previous}, holds the last good weights. " if previous else
+               "No checkpoint was committed before it. ")
+            + "Lower optim.lr or raise optim.eps; check code that changes the weights (hooks, a custom optimizer).")
 
 
 def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, ident: dict[str, Any], cfg: Config,
@@ -310,18 +360,10 @@ def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, i
     else:
         saved = [r["data"] for r in ckpt.rank_states(latest)]
         loader.load_state_dict(reshard_loader_state(saved, env.rank, env.world_size, cfg.data.num_workers))
-        # RNG streams are per rank and cannot be mapped onto another world size: a fresh, deterministic one
-        torch.manual_seed(cfg.train.seed + 7919 * env.rank + 104729 * state.step)
+        # RNG streams are per rank and cannot be mapped onto another world size: fresh, deterministic ones
+        seed_all(cfg.train.seed + 7919 * env.rank + 104729 * state.step)
         logger.info("resumed %d-process checkpoint on %d processes", saved_world, env.world_size)
     return state
-
-
-def _record_requeue(step: int, checkpoint: Path) -> None:
-    """torchrun exits 1 whatever its workers return: for the launch scripts, rank 0 writes the requeue code to
-    $ISAAC_EXIT_FILE (when set) once the checkpoint is committed."""
-    path = os.environ.get("ISAAC_EXIT_FILE")
-    if path:
-        Path(path).write_text(json.dumps({"exit_code": REQUEUE_EXIT_CODE, "step": step, "checkpoint": str(checkpoint)}))
 
 
 def _skip_counts(loader, env) -> dict[str, int]:
@@ -355,23 +397,9 @@ def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState
 
 
 def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
-    """Rank 0 removes what an interrupted save left, verifies the checkpoints newest first (sizes and sha256),
-    sets aside each one that does not verify (logging why) and names the newest good one to every rank."""
-    choice = None
-    if env.is_main:
-        for path in ckpt.clean_stale():
-            logger.info("removed %s, left by an interrupted save", path)
-        rejected = ckpt.skipped()
-        for path, reason in rejected:
-            moved = ckpt.set_aside(path, reason)
-            logger.warning("checkpoint %s does not verify: %s. Set aside as %s; resuming from an earlier one",
-                           path.name, reason, moved.name)
-        latest = ckpt.latest()
-        if rejected and latest is not None:
-            ckpt.link_latest(latest)
-        choice = str(latest) if latest is not None else None
-    choice = env.gather(choice)[0]
-    return Path(choice) if choice else None
+    """The newest checkpoint that verifies, the same on every rank (CheckpointManager.resume_point: the
+    checksums split over ranks, each one passed over logged with its reason and set aside)."""
+    return ckpt.resume_point(env)
 
 
 def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device, state: TrainState,
