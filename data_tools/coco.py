@@ -3,10 +3,12 @@ expressions) -> grounding samples in Isaac's box grammar. The conventions are in
 
 Coordinates. COCO's `bbox` is [x, y, w, h] in pixels of the original image, (x, y) its top-left corner, on
 continuous pixel coordinates (the image spans [0, W] x [0, H]). Its corners x1 = x, y1 = y, x2 = x + w, y2 = y + h
-go to Isaac's 0-1000 grid of the original image as g = floor(v * 1000 / size + 0.5) (halves round up, never to
-even), clamped to [0, 1000]; W and H are the `images` entry's width and height, which must equal the image file's
-size (else Skip "size_mismatch"). `grid_box_to_pixels` maps back with v = g * size / 1000, as
-`Grounding.to_pixels` does, so a round trip is within 0.5 * size / 1000 px per corner.
+go to Isaac's 0-1000 grid of the original image by isaac_train/processing/grid.py, the one rounding rule of the
+project: g = floor(v * 1000 / size + 1/2) in exact arithmetic of the numbers as written (halves round up, never to
+even), clamped to [0, 1000], each side at least one grid unit (a thinner box becomes the unit cell holding its
+centre); W and H are the `images` entry's width and height, which must equal the image file's size (else Skip
+"size_mismatch"). `grid_box_to_pixels` maps back with v = g * size / 1000, as `Grounding.to_pixels` does, so a
+round trip is within 0.5 * size / 1000 px per corner (a widened side: within one grid unit).
 
 Samples. The prompt is one user message per content item, as Isaac's demo prompts: the hint `<hint>BOX</hint>`,
 the image, the question. Each answer is `<point_box mention="NAME"> (x1,y1) (x2,y2) </point_box>` tags joined by
@@ -16,8 +18,9 @@ single spaces (no `<collection>`: every box carries its own mention).
   its instances ordered by (y1, x1, y2, x2) on the grid, then annotation id.
 - detection, `group="image"`: one sample per image, "Find every NAME1, NAME2 and NAME3." (the categories present,
   in the order of `categories`), boxes by category in that order, then as above.
-- refexp (`refs=REFS_JSON`): one sample per referring expression: the expression as the question, and one box
-  whose mention is the expression.
+- refexp (`refs=REFS`): one sample per referring expression: the expression as the question, and one box whose
+  mention is the expression. REFS is refer's pickle as distributed (refs(unc).p, read through an unpickler that
+  admits plain data only, data_tools/plain_pickle.py), a JSON list or JSONL.
 
 Crowd annotations (iscrowd=1) are left out of detection answers unless `include_crowd` (their ids go to
 meta.crowd_ann_ids); an image without annotations gives no sample but a Skip("no_objects"), so the report
@@ -35,29 +38,24 @@ from typing import Any
 
 import PIL.Image
 
+from isaac_train.processing.grid import GRID, outside_image, xywh_corners, xywh_to_grid
+
 from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, check_image, read_image_ref
+from .plain_pickle import load_plain_pickle, looks_like_pickle
 
 HINT = "<hint>BOX</hint>"
 GROUPS = ("category", "image")
-GRID = 1000
 REQUIRED_KEYS = ("images", "annotations", "categories")
 
 
 # ---- coordinates and tags ---------------------------------------------------------------------------------
 
 
-def _to_grid(value: float, size: float) -> int:
-    """A pixel coordinate -> the 0-1000 grid: floor(v * 1000 / size + 0.5), clamped to [0, 1000]."""
-    return min(GRID, max(0, math.floor(value * GRID / size + 0.5)))
-
-
 def coco_box_to_grid(bbox: Any, width: float, height: float) -> tuple[int, int, int, int]:
     """COCO [x, y, w, h] (pixels, top-left corner) of an image of `width` x `height` -> Isaac (x1, y1, x2, y2):
-    integers on the 0-1000 grid of that image, top-left then bottom-right, rounded half up and clamped."""
-    if not width > 0 or not height > 0:
-        raise ValueError(f"image size {width}x{height} must be positive")
-    x, y, w, h = (float(v) for v in bbox)
-    return _to_grid(x, width), _to_grid(y, height), _to_grid(x + w, width), _to_grid(y + h, height)
+    integers on the 0-1000 grid of that image, top-left then bottom-right (isaac_train.processing.grid: exact,
+    rounded half up, clamped, each side at least one unit)."""
+    return xywh_to_grid(bbox, width, height)
 
 
 def grid_box_to_pixels(box: Any, width: float, height: float) -> tuple[float, float, float, float]:
@@ -117,13 +115,23 @@ def _read_json(path: Path, what: str, fix: str) -> Any:
 
 
 def _read_refs(path: Path) -> list[tuple[str, Any]]:
-    """A refs file: a JSON list, or one JSON object a line -> [(where, ref or None when the line is not JSON)]."""
+    """A refs file: refer's pickle (refs(unc).p, read as plain data only), a JSON list, or one JSON object a line
+    -> [(where, ref or None when the line is not JSON)]."""
     if not path.is_file():
-        raise InputError(f"--refs {path} does not exist or is not a file; pass the referring expressions as JSON "
-                         "(a list of {\"ann_id\", \"sentences\"}) or JSONL")
+        raise InputError(f"--refs {path} does not exist or is not a file; pass refer's refs(unc).p (or "
+                         "refs(google).p, refs(umd).p) as distributed, or the expressions as JSON (a list of "
+                         "{\"ann_id\", \"sentences\"}) or JSONL")
+    if looks_like_pickle(path):
+        try:
+            refs = load_plain_pickle(path, "--refs")
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        if not isinstance(refs, list):
+            raise InputError(f"--refs {path} holds a pickled {type(refs).__name__}, not refer's list of refs")
+        return [(f"ref {i}", ref) for i, ref in enumerate(refs)]
     text = path.read_text(encoding="utf-8", errors="replace")
     if text.lstrip().startswith("["):
-        refs = _read_json(path, "--refs", "Convert refer's refs(unc).p with json.dump(pickle.load(f), out).")
+        refs = _read_json(path, "--refs", "Pass refer's refs(unc).p as it is, or a JSON list of refs.")
         return [(f"ref {i}", ref) for i, ref in enumerate(refs)]
     if not text.lstrip().startswith("{"):
         raise InputError(f"--refs {path} holds neither a JSON list nor JSON lines; expected "
@@ -156,7 +164,8 @@ def _skip_item(reason: str, message: str) -> dict[str, Any]:
 class Coco(Converter):
     """`coco`: a COCO instances JSON (images, annotations, categories); images from --image-root (default: the
     JSON's folder) by `file_name`. Detection samples by (image, category) or by image (`group`), or, with
-    `refs`, one sample per referring expression (RefCOCO/+/g as JSON or JSONL), optionally of one `refs_split`."""
+    `refs`, one sample per referring expression (RefCOCO/+/g: refer's pickle, JSON or JSONL), optionally of one
+    `refs_split`."""
 
     name = "coco"
 
@@ -169,7 +178,7 @@ class Coco(Converter):
         if group not in GROUPS:
             raise InputError(f"--coco-group {group!r}: choose one of {', '.join(GROUPS)}")
         if refs is None and refs_split is not None:
-            raise InputError("--refs-split picks referring expressions; pass --refs REFS_JSON with it")
+            raise InputError("--refs-split picks referring expressions; pass --refs REFS with it")
         if refs is not None and group != "category":
             raise InputError("--coco-group applies to detection samples; with --refs each expression is a sample")
         self.group, self.include_crowd, self.refs_split = group, include_crowd, refs_split
@@ -327,6 +336,15 @@ class Coco(Converter):
             raise Skip("bad_box", f"{where}: annotation {ann['id']} has bbox {bbox!r:.60}; expected [x, y, w, h] "
                                   "with w, h > 0")
 
+    @staticmethod
+    def _grid_box(ann: dict[str, Any], width: int, height: int, where: str) -> tuple[int, int, int, int]:
+        """A checked annotation's box on the grid; Skip("bad_box") when it lies wholly outside the image (a
+        clamped box there would name a sliver at the border that the object is not in)."""
+        if outside_image(*xywh_corners(ann["bbox"]), width, height):
+            raise Skip("bad_box", f"{where}: annotation {ann['id']} has bbox {ann['bbox']!r:.60}, wholly outside "
+                                  f"the {width}x{height} image")
+        return coco_box_to_grid(ann["bbox"], width, height)
+
     def _detection(self, data: dict[str, Any], where: str) -> Converted:
         img, anns = data["image"], data["anns"]
         crowd = [a for a in anns if a["iscrowd"] and not self.include_crowd]
@@ -339,7 +357,7 @@ class Coco(Converter):
                                                f"{ann['category_id']!r}, which 'categories' lacks")
             self._check_box(ann, where)
         members, width, height = self._image(img, where)
-        boxes = [(coco_box_to_grid(a["bbox"], width, height), a) for a in kept]
+        boxes = [(self._grid_box(a, width, height, where), a) for a in kept]
         boxes.sort(key=lambda b: (b[1]["rank"], b[0][1], b[0][0], b[0][3], b[0][2], str(b[1]["id"])))
         names = list(dict.fromkeys(a["category"] for _, a in boxes))
         answer = " ".join(box_tag(a["category"], box) for box, a in boxes)
@@ -373,7 +391,7 @@ class Coco(Converter):
         self._check_box(ann, where)
         members, width, height = self._image(img, where)
         expression = " ".join(sentence.split())
-        box = coco_box_to_grid(ann["bbox"], width, height)
+        box = self._grid_box(ann, width, height, where)
         meta = {"task": "refexp", "type": "grounding", "category": ann["category"], "coco_image_id": img["id"],
                 "file_name": img["file_name"], "width": width, "height": height, "ann_ids": [ann["id"]],
                 "ref_id": ref.get("ref_id"), "split": ref.get("split"), "sentence": data["number"]}

@@ -11,8 +11,9 @@ whose answer the image determines, in the words of the tiny tokenizer's corpus:
     grounding: "Draw a box around the blue square."
                -> '<point_box mention="blue square"> (94,47) (328,281) </point_box>'
 
-Box coordinates are integers on the 0-1000 grid of the image (x * 1000 / width), the box being the shape's pixel
-extent. Each sample's JSON also carries `meta` (the drawn shapes, their pixel boxes, the question type), so
+Box coordinates are integers on the 0-1000 grid of the image (x * 1000 / width, halves rounded up, by the
+converters' rule in isaac_train/processing/grid.py), the box being the shape's pixel extent. Each sample's JSON
+also carries `meta` (the drawn shapes, their pixel boxes, the question type), so
 answers can be checked. Output: OUT_DIR/train/, OUT_DIR/eval/ (shards + index.json), OUT_DIR/eval_answers.jsonl
 and OUT_DIR/demo.json (the parameters; a second call with the same ones reuses the data).
 """
@@ -31,10 +32,11 @@ import PIL.Image
 import PIL.ImageDraw
 from tqdm import tqdm
 
+from ..processing.grid import box_to_grid
 from .shards import INDEX_NAME, ShardWriter
 
 SOURCE = "shapes-demo"
-DEMO_VERSION = 1  # bump when the drawing or the questions change, so old data is not reused
+DEMO_VERSION = 2  # bump when the drawing or the questions change, so old data is not reused (2: boxes halves up)
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 20)}
 BACKGROUNDS = ((255, 255, 255), (246, 246, 246), (252, 248, 238), (240, 245, 252))
 SHAPES = ("circle", "square", "triangle")
@@ -73,9 +75,9 @@ def draw_scene(rng: random.Random, size: int) -> tuple[PIL.Image.Image, dict[str
 
 
 def grid_box(box: list[int], width: int, height: int) -> list[int]:
-    """A pixel box -> integers on Isaac's 0-1000 grid of the image."""
-    x0, y0, x1, y1 = box
-    return [round(x0 * 1000 / width), round(y0 * 1000 / height), round(x1 * 1000 / width), round(y1 * 1000 / height)]
+    """A pixel box -> integers on Isaac's 0-1000 grid of the image, by the converters' rule
+    (isaac_train.processing.grid: halves up, not Python round()'s halves to even)."""
+    return list(box_to_grid(*box, width, height))
 
 
 def question_and_answer(kind: str, scene: dict[str, Any], target: int) -> tuple[str, str]:

@@ -16,7 +16,8 @@ import html
 import re
 from dataclasses import dataclass, field, replace
 
-_TAG = re.compile(r"<(point_box|point|polygon|collection)\b([^>]*)>(.*?)</\1\s*>", re.DOTALL)
+_OPEN = re.compile(r"<(point_box|point|polygon|collection)\b([^>]*)>")
+_CLOSE = {tag: re.compile(rf"</{tag}\s*>") for tag in ("point_box", "point", "polygon", "collection")}
 _ATTR = re.compile(r"""([A-Za-z_][\w-]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""")
 _COORD = re.compile(r"\(\s*(-?\d+(?:\.\d+)?)\s*,\s*(-?\d+(?:\.\d+)?)\s*\)")
 
@@ -63,14 +64,39 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+def _closing(text: str, opening: re.Match[str]) -> re.Match[str] | None:
+    """The closing tag of `opening`, or None when it is unclosed: no closing tag follows, or another tag opens
+    before it (for a collection: another collection; its children are tags)."""
+    tag = opening.group(1)
+    close = _CLOSE[tag].search(text, opening.end())
+    if close is None:
+        return None
+    if tag == "collection":
+        inner = _OPEN.search(text, opening.end(), close.start())
+        while inner is not None and inner.group(1) != "collection":
+            inner = _OPEN.search(text, inner.end(), close.start())
+    else:
+        inner = _OPEN.search(text, opening.end(), close.start())
+    return None if inner is not None else close
+
+
 def parse_grounding(text: str, inherited: dict[str, str] | None = None) -> list[Grounding]:
     """All grounded objects in `text`, in order; collections are flattened into their children.
 
-    Malformed tags (wrong number of coordinates for their kind) are skipped: a model's output is not trusted.
+    Malformed tags are skipped: a model's output is not trusted. A tag with the wrong number of coordinates for
+    its kind is passed over whole; an unclosed one (another tag opens before its closing tag, or none follows)
+    is passed over alone, and parsing goes on at the next tag, so a well-formed tag after it still counts.
     """
     out: list[Grounding] = []
-    for match in _TAG.finditer(text):
-        tag, attr_text, body = match.groups()
+    pos = 0
+    while (match := _OPEN.search(text, pos)) is not None:
+        close = _closing(text, match)
+        if close is None:
+            pos = match.end()
+            continue
+        pos = close.end()
+        tag, attr_text = match.groups()
+        body = text[match.end():close.start()]
         attrs = {**(inherited or {}), **_attrs(attr_text)}
         if tag == "collection":
             out.extend(parse_grounding(body, attrs))

@@ -226,7 +226,7 @@ def test_cli_and_unusable_input(coco: Path, tmp_path: Path, capsys) -> None:
                      str(coco.parent / "refs.json")]) == 2
     assert "apply to --format coco only" in capsys.readouterr().err
     assert cli.main(["make-shards", "--format", "coco", str(coco), str(tmp_path / "b"), "--refs-split", "val"]) == 2
-    assert "--refs REFS_JSON" in capsys.readouterr().err
+    assert "--refs REFS" in capsys.readouterr().err
 
 
 def test_malformed_entries_are_counted(coco: Path, tmp_path: Path) -> None:
@@ -248,3 +248,32 @@ def test_malformed_entries_are_counted(coco: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="categories\\[0\\]"):
         (coco.parent / "cats.json").write_text(json.dumps({**instances(), "categories": [{"id": 1}]}))
         build_converter("coco", coco.parent / "cats.json")
+
+
+def test_thin_boxes_and_exact_halves_convert_to_boxes_that_score(tmp_path: Path) -> None:
+    """The issue's two boxes through the converter: a box 0.4 px wide on 640 x 480 keeps one grid unit (it was
+    (16,21) (16,63), zero area, never matched); an exact half of 0.19 + 0.49 on a 16 px wide image rounds up to 43
+    (floating point gave 42); a box wholly outside its image is skipped as bad_box."""
+    (tmp_path / "img").mkdir()
+    PIL.Image.new("RGB", (640, 480), "white").save(tmp_path / "img" / "wide.png")
+    PIL.Image.new("RGB", (16, 3979), "white").save(tmp_path / "img" / "tall.png")
+    data = {"images": [{"id": 1, "file_name": "wide.png", "width": 640, "height": 480},
+                       {"id": 2, "file_name": "tall.png", "width": 16, "height": 3979}],
+            "categories": [{"id": 1, "name": "pole"}, {"id": 2, "name": "wire"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0.4, 20]},
+                            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [0.19, 1273.55, 0.49, 1050.53]},
+                            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [650, 10, 5, 5]}]}
+    (tmp_path / "thin.json").write_text(json.dumps(data))
+    conv = build_converter("coco", tmp_path / "thin.json", tmp_path / "img")
+    report = make_shards.make_shards(conv, tmp_path / "out", workers=1, progress=False)
+    assert report["samples"] == 2 and report["skipped"] == {"bad_box": 1}
+    assert "wholly outside the 640x480 image" in report["examples"]["bad_box"][0]
+    answers = [o["messages"][3]["content"] for o, _ in read_samples(tmp_path / "out")]
+    # worked in tests/unit/test_grid.py: (15,21) (16,63) and (12,320) (43,584)
+    assert answers == ['<point_box mention="pole"> (15,21) (16,63) </point_box>',
+                       '<point_box mention="pole"> (12,320) (43,584) </point_box>']
+    for answer in answers:
+        (g,) = parse_grounding(answer)
+        x1, y1, x2, y2 = g.box
+        assert x2 >= x1 + 1 and y2 >= y1 + 1
+        assert grounding(answer, answer)["true_positives"] == 1
