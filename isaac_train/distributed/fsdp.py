@@ -73,6 +73,11 @@ class FSDPStrategy(Strategy):
         self.optimizer = make_optimizer(model)
         self.scheduler = make_scheduler(self.optimizer)
 
+    def local_weights(self) -> list[torch.Tensor]:
+        """This rank's shards of the trainable weights (FSDP2 holds each parameter as a DTensor sharded on dim 0;
+        its local tensor is what the optimizer steps here). Summed over ranks, the flag covers every element once."""
+        return [p.to_local().detach() if hasattr(p, "to_local") else p.detach() for p in self.trainable()]
+
     def save(self, directory: Path) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict

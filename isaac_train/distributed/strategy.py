@@ -8,6 +8,8 @@ The training loop sees only this interface, whichever `strategy=` runs:
                                                                  nothing changes when loss or norm is not finite
         = strategy.clip(max_norm) -> norm on the device (or None) then strategy.update(norm, loss_finite): the loop
           reads the norm together with its own numbers, in the step's one read from the device
+    strategy.nonfinite_weights() -> 0-d tensor on the device      1.0 when a trainable weight this rank holds (its
+                                                                 shard, its partition) is not finite; not read
     strategy.save(dir) / strategy.load(dir, meta)                every rank; the format is the strategy's
     strategy.full_model() -> nn.Module | None                    an unsharded model on rank 0 (export)
     strategy.eval_model, strategy.eval_on_all_ranks              what evaluation runs on, and where
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,16 @@ class Strategy:
         self.optimizer.zero_grad(set_to_none=True)
         return norm, applied
 
+    def local_weights(self) -> list[torch.Tensor]:
+        """The trainable weights as this rank holds them (every rank the whole model here; shards or partitions in
+        the sharded strategies), for `nonfinite_weights`."""
+        return [p.detach() for p in self.trainable()]
+
+    def nonfinite_weights(self) -> torch.Tensor:
+        """1.0 (a 0-d float64 tensor on the device, not read) when some trainable weight this rank holds is not
+        finite, else 0.0. Sum it over ranks (the loop folds it into its next read) to decide alike everywhere."""
+        return nonfinite_flag(self.local_weights(), self.env.device)
+
     def lr(self) -> float:
         """The decoder's learning rate (optim.lr as scheduled; the first group when no decoder parameter trains).
         Groups are sorted decoder < projector < vision, each scheduled by the same factor."""
@@ -209,6 +221,22 @@ class LocalStrategy(Strategy):
 
     def full_model(self) -> nn.Module | None:
         return self.plain if self.env.is_main else None
+
+
+def nonfinite_flag(tensors: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """1.0 when some element of `tensors` is inf or NaN, else 0.0: a 0-d float64 tensor on `device`, not read.
+    The largest absolute value is finite exactly when every element is (the inf norm propagates NaN, on CUDA too:
+    max_propagate_nan) and, unlike a sum of squares, never overflows on large finite weights. One pass over the
+    memory, a few kernel launches per device (torch._foreach_norm); empty shards have no inf norm and are left out."""
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        if t.numel():
+            by_device.setdefault(t.device, []).append(t)
+    bad = torch.zeros((), dtype=torch.float64, device=device)
+    for group in by_device.values():
+        peak = torch.stack(torch._foreach_norm(group, float("inf"), dtype=torch.float32)).max()
+        bad = torch.maximum(bad, (~torch.isfinite(peak)).to(device=device, dtype=torch.float64))
+    return bad
 
 
 # ---- shared checkpoint helpers -----------------------------------------------------------------------------------

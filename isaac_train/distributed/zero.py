@@ -144,6 +144,18 @@ class ZeroStrategy(Strategy):
         norm = self.engine.get_global_grad_norm()
         return (float(norm) if norm is not None else float("nan")), applied
 
+    def local_weights(self) -> list[torch.Tensor]:
+        """This rank's fp32 master partitions: what the ZeRO optimizer steps and checkpoints, and what the module's
+        weights are gathered from after each step (stages 1-2: `single_partition_of_fp32_groups`, stage 3:
+        `fp32_partitioned_groups_flat`; on the host with optimizer offload). Where DeepSpeed names them otherwise,
+        each trainable parameter's own partition (`ds_tensor` under stage 3)."""
+        zero = self.engine.optimizer
+        for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            parts = getattr(zero, name, None)
+            if parts:
+                return [t.detach() for t in parts]
+        return [getattr(p, "ds_tensor", p).detach() for p in self.trainable()]
+
     def save(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=TAG, save_latest=False)
         self.save_scheduler(directory)
