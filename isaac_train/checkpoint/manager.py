@@ -25,6 +25,7 @@ not is logged with the reason and skipped. Nothing read from a checkpoint can ru
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -88,6 +89,57 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class RunDirError(RuntimeError):
+    """The run directory (or its checkpoints folder) cannot be written, or vanished while the run went on."""
+
+
+# errno values that mean "this place cannot be written" (not a full disk: integrity.is_disk_full)
+_UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted (an immutable file or "
+               "folder?)", errno.EROFS: "a read-only filesystem"}
+
+
+def unwritable(err: BaseException | None) -> OSError | None:
+    """The OSError in `err`'s chain that says a place cannot be written (permission, read-only, immutable), or a
+    FileNotFoundError (a directory that vanished); None when there is none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and (err.errno in _UNWRITABLE or err.errno == errno.ENOENT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_unwritable(err: OSError, where: Path | str | None = None, setting: str = "run.output_dir") -> str:
+    """One line for an OSError from `unwritable`: the path (`where`, else the error's), what is wrong, what to do."""
+    where = where or err.filename or "?"
+    if err.errno == errno.ENOENT:
+        return (f"{where} does not exist any more (deleted, moved or unmounted while the run went on). Restore "
+                f"it, or set {setting} to another directory, and run the same command again")
+    return (f"cannot write in {where}: {_UNWRITABLE[err.errno]} ([Errno {err.errno}] {err.strerror}). Make it "
+            f"writable for this user (owner, mode, mount options, chattr -i) or set {setting} to a writable "
+            "directory")
+
+
+def check_writable(directory: Path, setting: str = "run.output_dir") -> None:
+    """Create `directory` if needed and a file in it (removed again): raise RunDirError naming the directory and
+    the cause when that fails. Root ignores modes, so this tries a real write instead of reading permissions."""
+    probe = directory / f".write_probe_{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as err:
+        cause = unwritable(err)
+        if cause is None:
+            raise RunDirError(f"cannot write in {directory} ({setting}): {err}") from err
+        raise RunDirError(describe_unwritable(cause, directory, setting)) from err
+
+
 class CheckpointManager:
     """Save, find and load checkpoints of one run."""
 
@@ -99,12 +151,16 @@ class CheckpointManager:
     def step_dir(self, step: int) -> Path:
         return self.root / f"step_{step:07d}"
 
-    def complete(self) -> list[Path]:
-        """Checkpoints with a COMPLETE marker (not yet verified), oldest first."""
+    def candidates(self) -> list[Path]:
+        """Every checkpoint directory (`step_N`, with or without its COMPLETE marker), oldest first."""
         if not self.root.is_dir():
             return []
-        found = [p for p in self.root.iterdir() if STEP_DIR.match(p.name) and (p / COMPLETE).is_file()]
+        found = [p for p in self.root.iterdir() if STEP_DIR.match(p.name) and p.is_dir()]
         return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+    def complete(self) -> list[Path]:
+        """Checkpoints with a COMPLETE marker (not yet verified), oldest first."""
+        return [p for p in self.candidates() if (p / COMPLETE).is_file()]
 
     def verify(self, path: Path, checksums: bool = True) -> str | None:
         """Why checkpoint `path` cannot be used (None: it verifies); remembered per manager."""
@@ -114,8 +170,9 @@ class CheckpointManager:
         return self._verified[key]
 
     def latest(self, checksums: bool = True) -> Path | None:
-        """The newest checkpoint that verifies; newer ones that do not are logged with the reason."""
-        for path in reversed(self.complete()):
+        """The newest checkpoint that verifies; newer ones that do not (a missing marker included) are logged with
+        the reason."""
+        for path in reversed(self.candidates()):
             reason = self.verify(path, checksums)
             if reason is None:
                 return path
@@ -123,14 +180,71 @@ class CheckpointManager:
         return None
 
     def skipped(self, checksums: bool = True) -> list[tuple[Path, str]]:
-        """Complete checkpoints newer than latest() that do not verify, with the reasons."""
+        """Checkpoints newer than latest() that do not verify (a missing marker included), with the reasons."""
         out = []
-        for path in reversed(self.complete()):
+        for path in reversed(self.candidates()):
             reason = self.verify(path, checksums)
             if reason is None:
                 break
             out.append((path, reason))
         return out
+
+    def verify_everywhere(self, path: Path, env: DistEnv) -> str | None:
+        """`verify` with the reading split over ranks: rank 0 checks what is cheap (marker, manifest, the files a
+        checkpoint of its format must hold, sizes), then every rank digests its share of the files (by bytes,
+        `integrity.share`) and the results are gathered, so every rank returns the same verdict. Every rank calls
+        this, with the same `path`."""
+        structural = env.gather(self.verify(path, checksums=False) if env.is_main else None)[0]
+        reason = structural
+        if reason is None:
+            try:
+                _, mismatch = integrity.check_share(path, env.rank, env.world_size)
+            except Exception as err:  # noqa: BLE001  (every rank must reach the gather below)
+                mismatch = f"verification failed ({type(err).__name__}: {str(err)[:300]})"
+            found = [(rank, m) for rank, m in enumerate(env.gather(mismatch)) if m is not None]
+            if found:
+                rank, reason = found[0]
+                reason += f" (found by rank {rank})" if env.world_size > 1 else ""
+        self._verified[(path, False)] = structural
+        self._verified[(path, True)] = reason
+        return reason
+
+    def resume_point(self, env: DistEnv) -> Path | None:
+        """The checkpoint to resume from, the same on every rank (every rank calls this): rank 0 removes what an
+        interrupted save left (and refuses, with RunDirError, a checkpoints folder it cannot write); then the
+        checkpoints are verified newest first (`verify_everywhere`), each one
+        that does not verify (a missing COMPLETE marker included) is logged with the reason and set aside as
+        `step_N.rejected`; `latest` is made to name the one chosen (repaired when it is not our symlink)."""
+        names, problem = None, None
+        if env.is_main:
+            try:  # found now, not after the steps up to the first save
+                check_writable(self.root)
+            except RunDirError as err:
+                problem = str(err)
+            else:
+                for path in self.clean_stale():
+                    logger.info("removed %s, left by an interrupted save", path)
+                names = [str(p) for p in self.candidates()]
+        names, problem = env.gather((names, problem))[0]
+        if problem is not None:
+            raise RunDirError(problem)
+        chosen = None
+        for name in reversed(names):
+            path = Path(name)
+            reason = self.verify_everywhere(path, env)
+            if reason is None:
+                chosen = path
+                break
+            if env.is_main:
+                moved = self.set_aside(path, reason)
+                logger.warning("checkpoint %s does not verify: %s. Set aside as %s; trying an earlier one",
+                               path.name, reason, moved.name)
+        if env.is_main and chosen is not None:
+            link = self.root / "latest"
+            if not (link.is_symlink() and os.readlink(link) == chosen.name):
+                self.link_latest(chosen)
+        env.barrier()  # `latest` and the set-aside directories are in place before any rank reads on
+        return chosen
 
     def set_aside(self, path: Path, reason: str) -> Path:
         """Rename a checkpoint that failed verification to `step_N.rejected` (kept for inspection, never used or
@@ -171,12 +285,16 @@ class CheckpointManager:
         env = env or DistEnv()
         final = self.step_dir(step)
         tmp = self.root / f".tmp_{final.name}"
-        if env.is_main:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        env.barrier()
         error = None
+        if env.is_main:
+            try:  # the run directory must still be there: `parents` would quietly make a new, empty one
+                self.root.mkdir(exist_ok=True)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+            except OSError as err:
+                error = err
+        self._agree(env, error, tmp, final)  # every rank learns whether the directory could be made
         try:
             torch.save(rank_state, tmp / f"rank_{env.rank:05d}.pt")
             write(tmp)
@@ -222,12 +340,28 @@ class CheckpointManager:
             logger.warning("checkpoint %s is committed, but updating `latest` or retention failed: %s", final, err)
 
     def link_latest(self, path: Path) -> None:
-        """Point `latest` at checkpoint `path`, atomically (a new symlink renamed over the old)."""
-        link_tmp = self.root / ".latest_tmp"
+        """Point `latest` at checkpoint `path`, atomically (a new symlink renamed over the old). A `latest` that is
+        a directory (a copy tool that followed the link) is not ours: it is moved aside as `latest.replaced`,
+        with a warning, never deleted, and the link made."""
+        link, link_tmp = self.root / "latest", self.root / ".latest_tmp"
         if link_tmp.is_symlink() or link_tmp.exists():
             link_tmp.unlink()
+        if link.is_dir() and not link.is_symlink():
+            aside = link.with_name("latest.replaced")
+            n = 1
+            while aside.exists() or aside.is_symlink():
+                n += 1
+                aside = link.with_name(f"latest.replaced{n}")
+            os.replace(link, aside)
+            logger.warning("%s was a directory, not the symlink isaac-train keeps (copied by a tool that followed "
+                           "the link?): moved to %s (delete it if it is not needed) and %s now links to %s", link,
+                           aside.name, link.name, path.name)
         link_tmp.symlink_to(path.name)
-        os.replace(link_tmp, self.root / "latest")
+        try:
+            os.replace(link_tmp, link)
+        except OSError:
+            link_tmp.unlink(missing_ok=True)
+            raise
         integrity.fsync_dir(self.root)
 
     def retain(self) -> None:
@@ -239,10 +373,23 @@ class CheckpointManager:
                 os.replace(old, doomed)
                 shutil.rmtree(doomed, ignore_errors=True)
 
+    def _place_problem(self, error: BaseException | None) -> str | None:
+        """What is wrong with the place a save writes to (unwritable, or the run directory gone), or None."""
+        cause = unwritable(error)
+        if cause is None:
+            return None
+        if cause.errno != errno.ENOENT:
+            return describe_unwritable(cause, Path(cause.filename).parent if cause.filename else self.root)
+        run_dir = self.root.parent
+        if run_dir.is_dir():
+            return None  # a missing file, not a missing directory: reported as it is
+        return (f"the run directory {run_dir} does not exist any more (deleted, moved or unmounted while the run "
+                "went on). Restore it, or set run.output_dir to another directory, and run the same command again")
+
     def _agree(self, env: DistEnv, error: BaseException | None, tmp: Path, final: Path) -> None:
         """Every rank learns whether any rank failed; then the partial directory goes and all raise."""
         errors = env.gather(None if error is None else (type(error).__name__, str(error)[:2000],
-                                                        integrity.is_disk_full(error)))
+                                                        integrity.is_disk_full(error), self._place_problem(error)))
         failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
         if not failed:
             return
@@ -254,9 +401,12 @@ class CheckpointManager:
         if env.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
         env.barrier()
-        rank, (kind, text, _) = failed[0]
+        rank, (kind, text, _, place) = failed[0]
         previous = self.latest(checksums=False)
         kept = f"the previous checkpoint {previous} is intact" if previous else "there is no earlier checkpoint"
+        if place is not None:  # nothing earlier stands when the whole run directory went
+            kept = f" {kept.capitalize()}." if self.root.parent.is_dir() else ""
+            raise RunDirError(f"checkpoint {final.name} not written (rank {rank}: {kind}): {place}.{kept}") from error
         if disk_full:
             needed = max(written, integrity.manifest_bytes(previous) if previous else 0)
             message = (f"checkpoint {final.name} not written: the disk is full at {self.root} (rank {rank}: {kind}). "

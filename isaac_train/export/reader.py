@@ -39,7 +39,9 @@ class TrainedRun:
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory, its checkpoints/ directory or `latest` -> the newest checkpoint there that verifies
-    (newer ones that do not are logged and skipped); a step directory -> itself, if it verifies."""
+    (newer ones that do not, a missing COMPLETE marker included, are logged and skipped); a step directory ->
+    itself, if it verifies. The rules are the trainer's (integrity.verify: every file listed, none missing from
+    what the format needs, sizes and sha256)."""
     from ..checkpoint.integrity import verify
     from ..checkpoint.manager import CheckpointManager
 
@@ -48,7 +50,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
         path = path.parent
     for root in (path, path / "checkpoints"):
         manager = CheckpointManager(root)
-        if manager.complete():
+        if manager.candidates():
             latest = manager.latest()
             if latest is None:
                 raise ValueError(f"no checkpoint under {root} verifies: " + "; ".join(

@@ -100,14 +100,14 @@ def report_config_error(err: ConfigError) -> int:
 def run_faults() -> tuple[type[BaseException], ...]:
     """Errors that end a run with a message saying what happened and what to do: shown without a traceback.
     ValueError covers the refusals (a changed configuration on resume, a checkpoint from elsewhere, a payload)."""
-    from ..checkpoint.manager import CheckpointWriteError
+    from ..checkpoint.manager import CheckpointWriteError, RunDirError
     from ..checkpoint.run_lock import RunDirInUse, RunDirTakenOver
     from ..data.loader import NoUsableSamples
     from ..distributed.watchdog import RankFailure
     from .loop import TrainingDiverged
 
-    return (CheckpointWriteError, NoUsableSamples, RankFailure, TrainingDiverged, RunDirInUse, RunDirTakenOver,
-            ValueError, FileNotFoundError)
+    return (CheckpointWriteError, RunDirError, NoUsableSamples, RankFailure, TrainingDiverged, RunDirInUse,
+            RunDirTakenOver, ValueError, FileNotFoundError)
 
 
 def report_fault(message: str) -> None:

@@ -4,7 +4,9 @@ payloads are refused without running. A full disk (a real tmpfs) is reported as 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,6 +47,24 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
+def _edit_manifest(directory: Path, edit) -> None:
+    """Rewrite manifest.json with `edit(files)` applied: the entries left stay exactly as the save wrote them."""
+    manifest = json.loads((directory / "manifest.json").read_text())
+    edit(manifest["files"])
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _unlist(directory: Path, name: str) -> None:
+    """Remove a file and its manifest entry: the manifest stays consistent with what is on disk."""
+    (directory / name).unlink()
+    _edit_manifest(directory, lambda files: files.pop(name))
+
+
+def _flip_and_empty_manifest(directory: Path) -> None:
+    _flip(directory / "model.safetensors", -1000)
+    _edit_manifest(directory, dict.clear)
+
+
 DAMAGE = {
     "model_truncated": (lambda d: _truncate(d / "model.safetensors"), "model.safetensors has"),
     "model_byte_flipped": (lambda d: _flip(d / "model.safetensors", -1000), "model.safetensors does not match"),
@@ -53,6 +73,16 @@ DAMAGE = {
     "optimizer_missing": (lambda d: (d / "optimizer.pt").unlink(), "optimizer.pt is missing"),
     "rank_state_truncated": (lambda d: _truncate(d / "rank_00000.pt"), "rank_00000.pt has"),
     "manifest_missing": (lambda d: (d / "manifest.json").unlink(), "manifest.json is missing"),
+    # manifests that leave something out (the entries they keep are the save's own)
+    "manifest_lists_no_files": (_flip_and_empty_manifest, "manifest.json lists no files"),
+    "optimizer_unlisted_and_removed": (lambda d: _unlist(d, "optimizer.pt"),
+                                       "optimizer.pt is not in manifest.json, but a full checkpoint of 1 rank"),
+    "rank_state_unlisted_and_removed": (lambda d: _unlist(d, "rank_00000.pt"), "rank_00000.pt is not in manifest"),
+    "trainer_state_unlisted_and_removed": (lambda d: _unlist(d, "trainer_state.json"),
+                                           "trainer_state.json is not in manifest.json"),
+    "file_present_but_unlisted": (lambda d: (d / "notes.txt").write_text("added later\n"),
+                                  "notes.txt is in the directory but not in manifest.json"),
+    "complete_marker_deleted": (lambda d: (d / "COMPLETE").unlink(), "no COMPLETE marker"),
 }
 
 
@@ -91,6 +121,42 @@ def test_retention_never_deletes_the_newest_checkpoint_that_verifies(train_shard
     manager.retain()
     assert [p.name for p in manager.complete()] == ["step_0000004", "step_0000006"]
     assert manager.latest().name == "step_0000004"
+
+
+def test_latest_that_is_a_directory_is_repaired(train_shards, straight, tmp_path, caplog):
+    """A copy tool that followed the link left `latest` as a real directory: the next start moves it aside once
+    (warned, never deleted) and links `latest` again; no save warns after that and no `.latest_tmp` is left."""
+    run = copy_run(straight, tmp_path / "run")
+    checkpoints = run / "checkpoints"
+    (checkpoints / "latest").unlink()
+    shutil.copytree(checkpoints / f"step_{STEPS:07d}", checkpoints / "latest")
+    with caplog.at_level(logging.WARNING):
+        train(compose_config(_args(train_shards, run, f"train.max_steps={STEPS + 4}")))
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not any("Is a directory" in m or "updating `latest`" in m for m in warned), warned
+    assert sum("was a directory, not the symlink" in m for m in warned) == 1, warned
+    latest = checkpoints / "latest"
+    assert latest.is_symlink() and os.readlink(latest) == f"step_{STEPS + 4:07d}"
+    assert not (checkpoints / ".latest_tmp").exists() and not (checkpoints / ".latest_tmp").is_symlink()
+    assert verify(checkpoints / "latest.replaced") is None  # the copy, moved aside whole
+
+
+def test_export_reader_verifies_with_the_trainers_rules(straight, tmp_path, caplog):
+    """isaac-export / isaac-eval pick checkpoints with the same rules: a missing COMPLETE marker and a manifest
+    that lists no files are both logged and passed over, and a step directory given by name is refused."""
+    from isaac_train.export.reader import resolve_checkpoint
+
+    run = copy_run(straight, tmp_path / "run")
+    newest, older = (run / "checkpoints" / f"step_{step:07d}" for step in (STEPS, STEPS - 2))
+    (newest / "COMPLETE").unlink()
+    _flip_and_empty_manifest(older)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_checkpoint(run) == (run / "checkpoints" / f"step_{STEPS - 4:07d}").resolve()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(newest.name in m and "no COMPLETE marker" in m for m in warned), warned
+    assert any(older.name in m and "lists no files" in m for m in warned), warned
+    with pytest.raises(ValueError, match="manifest.json lists no files"):
+        resolve_checkpoint(older)
 
 
 def test_every_checkpoint_damaged_starts_over(train_shards, straight, tmp_path, caplog):
