@@ -26,6 +26,7 @@ import PIL.Image
 from tqdm import tqdm
 
 from isaac_train.data.decode import SkipSample, encode_members, image_members, parse_sample
+from isaac_train.data.records import Skip, open_image
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
 from isaac_train.processing.processor import IGNORE_INDEX, EncodedSample, IsaacProcessor
 from isaac_train.processing.tensor_stream import Modality
@@ -34,6 +35,7 @@ from .validate import (
     CommandError,
     ScanConfig,
     add_processor_arguments,
+    apply_image_limit,
     clean_message,
     load_processor,
     open_shards,
@@ -140,9 +142,12 @@ def image_info(index: int, member: str, data: bytes, processor: IsaacProcessor) 
     """Size, mode and format of one encoded image, and the grid and token count the processor gives it."""
     info = ImageInfo(index, member)
     try:
-        image = PIL.Image.open(io.BytesIO(data))
+        image = open_image(data, f"image {index}")  # an image over the pixel limit is refused from its header
         info.format = image.format
         image.load()
+    except Skip as err:
+        info.error = clean_message(str(err))
+        return info
     except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
         info.error = clean_message(f"{type(err).__name__}: {err}")
         return info
@@ -358,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
         shards = open_shards(args.data)
         chosen = select(shards, args.n, args.keys)
         processor = load_processor(args.processor)
-        config = ScanConfig(processor, resolve_max_length(processor, args.max_length), args.length_policy)
+        config = ScanConfig(processor, resolve_max_length(processor, args.max_length), args.length_policy,
+                            max_image_pixels=apply_image_limit(args.max_image_pixels))
     except CommandError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

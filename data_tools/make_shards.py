@@ -27,7 +27,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from isaac_train.data.records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
+from isaac_train.data.records import max_image_pixels as process_pixel_limit
 from isaac_train.data.shards import INDEX_NAME, ShardWriter
+from isaac_train.processing.image_processing import MAX_PIXELS
 
 from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, build_converter
 from .infer_format import infer_format
@@ -63,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder that relative image paths start from (default: the input file's folder)")
     parser.add_argument("--shard-size", type=parse_size, default=256 << 20, help="max bytes per shard (256MB)")
     parser.add_argument("--max-samples", type=int, default=None, help="stop after writing this many samples")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help="skip a record whose image has more than N pixels (width x height, read from the "
+                             f"header; never decoded) as image_too_large (default and most: {MAX_PIXELS:,}, Isaac's "
+                             "processor limit)")
     parser.add_argument("--workers", type=int, default=None,
                         help="reader processes (default min(4, CPUs)); 1 reads in the main process")
     parser.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar, ... (shard)")
@@ -99,6 +106,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the command; 0 when samples were written (skips included), 2 for unusable input."""
     try:
+        if not 1 <= args.max_image_pixels <= MAX_PIXELS:
+            raise InputError(f"--max-image-pixels {args.max_image_pixels}: must be within [1, {MAX_PIXELS:,}] "
+                             "(Isaac's processor refuses larger images)")
         fmt = args.format
         if fmt is None:
             fmt, why = infer_format(args.input, args.hf_data_files)
@@ -107,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         converter = build_converter(fmt, args.input, args.image_root, **options)
         report = make_shards(converter, args.out_dir, shard_size=args.shard_size, max_samples=args.max_samples,
                              workers=args.workers, prefix=args.prefix, source=args.source, keys=args.keys,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, max_image_pixels=args.max_image_pixels)
     except InputError as err:
         print(f"make-shards: error: {err}", file=sys.stderr)
         return 2
@@ -160,10 +170,14 @@ def _coco_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
 def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 256 << 20,
                 max_samples: int | None = None, workers: int | None = None, prefix: str = "shard",
                 source: str | None = None, keys: str = "number", overwrite: bool = False,
-                progress: bool | None = None) -> dict[str, Any]:
+                progress: bool | None = None, max_image_pixels: int | None = None) -> dict[str, Any]:
     """Convert everything `converter` reads into shards under `out_dir`; returns the report (also written to
-    out_dir/make_shards_report.json). `progress=None` shows a bar only on a terminal."""
+    out_dir/make_shards_report.json). `progress=None` shows a bar only on a terminal. `max_image_pixels` (None:
+    this process's limit, records.max_image_pixels()) skips larger images from their header as image_too_large."""
     out_dir = Path(out_dir)
+    if max_image_pixels is not None:
+        set_max_image_pixels(max_image_pixels)
+    pixel_limit = process_pixel_limit()
     _prepare_out_dir(out_dir, overwrite)
     workers = min(4, os.cpu_count() or 1) if workers is None else max(1, workers)
     source = source or converter.default_source()
@@ -176,8 +190,8 @@ def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 
     records = written = images = 0
     start = time.time()
     disable = None if progress is None else not progress
-    with _converted(converter, workers) as results, tqdm(total=converter.total(), unit="record", desc="make-shards",
-                                                         disable=disable, dynamic_ncols=True) as bar:
+    with _converted(converter, workers, pixel_limit) as results, tqdm(
+            total=converter.total(), unit="record", desc="make-shards", disable=disable, dynamic_ncols=True) as bar:
         for index, converted, skip in results:
             records += 1
             bar.update(1)
@@ -204,6 +218,7 @@ def make_shards(converter: Converter, out_dir: str | Path, *, shard_size: int = 
     report = {
         "format": converter.name, "input": str(converter.input), "out_dir": str(out_dir), "source": source,
         "records": records, "samples": written, "images": images, "shards": len(writer.written),
+        "max_image_pixels": pixel_limit,
         "shard_files": [p.name for p in writer.written], "bytes": shard_bytes,
         "skipped_total": sum(skipped.values()), "skipped": dict(sorted(skipped.items())),
         "examples": {k: examples[k] for k in sorted(examples)},
@@ -254,10 +269,11 @@ Result = tuple[int, Converted | None, tuple[str, str] | None]
 _WORKER_CONVERTER: Converter | None = None
 
 
-def _init_worker(converter: Converter) -> None:
-    """Pool initializer: the converter each worker uses."""
+def _init_worker(converter: Converter, pixel_limit: int) -> None:
+    """Pool initializer: the converter each worker uses, and the image pixel limit (not inherited under spawn)."""
     global _WORKER_CONVERTER
     _WORKER_CONVERTER = converter
+    set_max_image_pixels(pixel_limit)
 
 
 def _convert_one(item: Item) -> Result:
@@ -305,8 +321,8 @@ class _Window:
 class _converted:
     """Context manager yielding the Results in input order, from `workers` processes (or this one)."""
 
-    def __init__(self, converter: Converter, workers: int) -> None:
-        self.converter, self.workers = converter, workers
+    def __init__(self, converter: Converter, workers: int, pixel_limit: int) -> None:
+        self.converter, self.workers, self.pixel_limit = converter, workers, pixel_limit
         self.pool: Any = None
         self.window: _Window | None = None
 
@@ -314,7 +330,8 @@ class _converted:
         if self.workers <= 1:
             return (convert_item(self.converter, item) for item in self.converter.items())
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.converter,))
+        self.pool = context.Pool(self.workers, initializer=_init_worker,
+                                 initargs=(self.converter, self.pixel_limit))
         self.window = _Window(self.converter.items(), size=self.workers * 64)
         return self._results(self.pool.imap(_convert_one, self.window, chunksize=8))
 

@@ -32,7 +32,9 @@ import torch
 from tqdm import tqdm
 
 from isaac_train.data.decode import SkipSample, encode_members, parse_sample
+from isaac_train.data.records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
+from isaac_train.processing.image_processing import MAX_PIXELS
 from isaac_train.processing.processor import IsaacProcessor
 
 SHARD_REASONS = ("missing_shard", "shard_size_mismatch", "shard_sha256_mismatch")
@@ -57,6 +59,9 @@ def add_processor_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest sample in tokens (default: the processor's max_sequence_length)")
     parser.add_argument("--length-policy", choices=("truncate", "drop"), default="truncate",
                         help="samples over --max-length: keep their first tokens, or skip them as too_long")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help="images over N pixels (width x height, from the header) are skipped as image_too_large, "
+                             f"never decoded, as the loader does with data.max_image_pixels ({MAX_PIXELS:,})")
 
 
 def load_processor(directory: Path | None) -> IsaacProcessor:
@@ -77,6 +82,15 @@ def load_processor(directory: Path | None) -> IsaacProcessor:
         raise CommandError(f"--processor {directory}: cannot load a processor ({err}); the directory needs "
                            "tokenizer files and processor_config.json (or config.json with Isaac's vision fields)"
                            ) from err
+
+
+def apply_image_limit(max_image_pixels: int) -> int:
+    """--max-image-pixels made this process's limit (records.set_max_image_pixels); CommandError out of range."""
+    if not 1 <= max_image_pixels <= MAX_PIXELS:
+        raise CommandError(f"--max-image-pixels {max_image_pixels}: must be within [1, {MAX_PIXELS:,}] (Isaac's "
+                           "processor refuses larger images)")
+    set_max_image_pixels(max_image_pixels)
+    return max_image_pixels
 
 
 def resolve_max_length(processor: IsaacProcessor, max_length: int | None) -> int:
@@ -138,6 +152,7 @@ class ScanConfig:
     max_length: int
     length_policy: str
     layouts: bool = False  # also record each document's layout (isaac-data stats)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # set in every scanning process (records.set_max_image_pixels)
 
 
 def clean_message(message: str) -> str:
@@ -244,6 +259,7 @@ def _init_worker(shards: ShardSet, config: ScanConfig) -> None:
     """Pool initializer: the data and processor every task of this process uses."""
     global _STATE
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+    set_max_image_pixels(config.max_image_pixels)  # forked workers inherit it; spawned ones do not
     _STATE = (shards, config)
 
 
@@ -263,6 +279,7 @@ def scan(shards: ShardSet, config: ScanConfig, workers: int = 1, check_sha: bool
     processes; with check_sha each shard's file problems come just before its samples."""
     global _STATE
     tasks = plan_tasks(shards, check_sha, limit)
+    set_max_image_pixels(config.max_image_pixels)
     total = sum(stop - start for kind, _, start, stop in tasks if kind == "samples")
     pool = None
     if workers > 1 and len(tasks) > 1:
@@ -299,7 +316,8 @@ def prepare(args: argparse.Namespace, layouts: bool = False) -> tuple[ShardSet, 
     """The ShardSet and ScanConfig the arguments name (raises CommandError)."""
     shards = open_shards(args.data)
     processor = load_processor(args.processor)
-    return shards, ScanConfig(processor, resolve_max_length(processor, args.max_length), args.length_policy, layouts)
+    return shards, ScanConfig(processor, resolve_max_length(processor, args.max_length), args.length_policy, layouts,
+                              apply_image_limit(args.max_image_pixels))
 
 
 # ---- the command ----------------------------------------------------------------------------------------

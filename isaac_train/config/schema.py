@@ -51,6 +51,10 @@ class DataConfig:
     shuffle: bool = True
     shuffle_block: int = 1024
     length_policy: str = "truncate"  # truncate (never through an image) | drop
+    # Images with more pixels (width x height, read from the header) are skipped as image_too_large, never decoded.
+    # Default and ceiling: Isaac's processor refuses more than 60,000,000 (MAX_PIXELS, isaac_spec.md section 3) and
+    # resizes the rest to its patch budget; lower it to bound a loader worker's decode memory (about 3 bytes/pixel).
+    max_image_pixels: int = 60_000_000
     max_error_rate: float = 0.05
     processor: str | None = None  # tokenizer/processor dir; default: model.pretrained, else the tiny tokenizer
 
@@ -212,6 +216,8 @@ def validate(cfg: Config) -> None:
     _check(d.length_policy in ("truncate", "drop"), "data.length_policy",
            f"{d.length_policy!r}; choose truncate or drop")
     _check(0 <= d.max_error_rate <= 1, "data.max_error_rate", "must be within [0, 1]")
+    _check(1 <= d.max_image_pixels <= 60_000_000, "data.max_image_pixels",
+           f"{d.max_image_pixels:,} must be within [1, 60,000,000] (Isaac's processor refuses larger images)")
     _check(t.max_steps >= 0, "train.max_steps", "must be >= 0 (0: build, checkpoint and export without training)")
     _check(t.seq_len >= 64, "train.seq_len", "must be at least 64 tokens")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")

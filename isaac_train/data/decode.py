@@ -8,12 +8,13 @@ from typing import Any
 
 from ..processing.image_processing import ImageError
 from ..processing.processor import EncodedSample, IsaacProcessor, NoLabelTokensError, SampleTooLongError
+from .records import Skip, open_image
 
 _IMAGE_SUFFIX = re.compile(r"^(\d+)\.(jpg|jpeg|png|webp|bmp|gif|tif|tiff)$", re.IGNORECASE)
 
 SKIP_REASONS = (
     "truncated_shard", "unreadable_shard", "corrupt_tar", "bad_member", "missing_member", "bad_json", "bad_schema",
-    "image_count_mismatch", "corrupt_image", "too_long", "no_labels", "invalid_sample",
+    "image_count_mismatch", "corrupt_image", "image_too_large", "too_long", "no_labels", "invalid_sample",
 )
 
 
@@ -32,7 +33,8 @@ def image_members(members: dict[str, bytes]) -> list[str]:
 
 
 def parse_sample(members: dict[str, bytes]) -> tuple[str, list[dict[str, Any]], list[bytes], dict[str, Any]]:
-    """-> (kind "chat"|"document", messages or segments, image bytes in order of use, the raw JSON object)."""
+    """-> (kind "chat"|"document", messages or segments, image bytes in order of use, the raw JSON object).
+    Every image's size is checked from its header here (check_image_size), so nothing decodes an image too large."""
     try:
         obj = json.loads(members["json"])
     except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -61,7 +63,20 @@ def parse_sample(members: dict[str, bytes]) -> tuple[str, list[dict[str, Any]], 
             images.append(members[name])
         else:
             images.append(members[next(next_default)])
+    for k, data in enumerate(images):
+        check_image_size(data, f"image {k}")
     return kind, items, images, obj
+
+
+def check_image_size(data: bytes, where: str) -> None:
+    """Refuse an image over data.max_image_pixels (records.max_image_pixels()) from its header, before anything
+    decodes it: SkipSample("image_too_large"). Bytes PIL cannot read are left to the processor, whose
+    corrupt_image message says what failed in decoding."""
+    try:
+        open_image(data, where).close()
+    except Skip as err:
+        if err.reason == "image_too_large":
+            raise SkipSample(err.reason, str(err)) from err
 
 
 def encode_members(

@@ -7,6 +7,8 @@ imports its command-line tools. A record that cannot be used raises `Skip` with 
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,32 +49,84 @@ class Converted:
 
 # ---- images -----------------------------------------------------------------------------------------------
 
+# The default of data.max_image_pixels and make-shards' --max-image-pixels: Isaac's own processor refuses images
+# over 60,000,000 pixels (Perceptron's rule, isaac_spec.md section 3), so a lower default would refuse images that
+# Isaac takes (a 48 MP phone photo), and a higher one would only decode images that are refused afterwards.
+DEFAULT_MAX_IMAGE_PIXELS = MAX_PIXELS
+_max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
+_PIL_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def set_max_image_pixels(limit: int) -> None:
+    """Make `limit` this process's image pixel limit: open_image refuses images over it from their header, and
+    PIL's own decompression-bomb check (PIL.Image.MAX_IMAGE_PIXELS, which warns past it and refuses past twice it)
+    is set to the same, so a path that opens an image without open_image is held to the same bound."""
+    global _max_image_pixels
+    if not 1 <= limit <= MAX_PIXELS:
+        raise ValueError(f"the image pixel limit must be within [1, {MAX_PIXELS:,}] (Isaac's processor refuses "
+                         f"larger images), got {limit}")
+    _max_image_pixels = int(limit)
+    PIL.Image.MAX_IMAGE_PIXELS = int(limit)
+
+
+def max_image_pixels() -> int:
+    """This process's image pixel limit (set_max_image_pixels; DEFAULT_MAX_IMAGE_PIXELS unless set)."""
+    return _max_image_pixels
+
+
+def open_image(data: bytes, where: str) -> PIL.Image.Image:
+    """`data` opened lazily (PIL reads the header, not the pixels) after its width x height passed the pixel limit.
+
+    Raises Skip("image_too_large") over max_image_pixels(), Skip("corrupt_image") when PIL does not recognise it;
+    nothing is decoded either way. The caller decodes (`.load()`, `.convert()`) and closes."""
+    limit = _max_image_pixels
+    try:
+        with warnings.catch_warnings():
+            # PIL warns at open past its own limit; the image is refused just below, with the setting named
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(io.BytesIO(data))
+    except PIL.Image.DecompressionBombError as err:  # past twice PIL's limit PIL refuses at open, header read
+        found = _PIL_PIXELS.search(str(err))
+        size = f"{int(found.group(1)):,} pixels" if found else f"over {2 * (PIL.Image.MAX_IMAGE_PIXELS or 0):,} pixels"
+        raise Skip("image_too_large", _too_large(where, size, limit)) from err
+    except PIL.UnidentifiedImageError as err:
+        raise Skip("corrupt_image", f"{where}: not an image (PIL does not recognise the format)") from err
+    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad headers
+        raise Skip("corrupt_image", f"{where}: cannot read the image ({type(err).__name__}: {err})") from err
+    w, h = image.size
+    if w * h > limit:
+        image.close()
+        raise Skip("image_too_large", _too_large(where, f"{w}x{h} = {w * h:,} pixels", limit))
+    return image
+
+
+def _too_large(where: str, size: str, limit: int) -> str:
+    return (f"{where}: image of {size} is over the limit of {limit:,} pixels (data.max_image_pixels, make-shards "
+            "--max-image-pixels); not decoded")
+
 
 def check_image(data: bytes, where: str) -> tuple[str, bytes]:
     """Decode `data` fully with PIL to prove it is a usable image -> (extension, bytes to store).
 
     JPEG, PNG and WebP are stored as they are; other formats (BMP, GIF, TIFF, ...) are re-encoded as PNG.
-    Raises Skip("corrupt_image") when PIL cannot decode it, Skip("image_too_large") past Isaac's pixel limit.
+    Raises Skip("image_too_large") from the header past max_image_pixels() (never decoded), Skip("corrupt_image")
+    when PIL cannot decode it.
     """
-    try:
-        with PIL.Image.open(io.BytesIO(data)) as img:
+    with open_image(data, where) as img:
+        try:
             fmt, (w, h) = img.format, img.size
-            if w * h > MAX_PIXELS:
-                raise Skip("image_too_large", f"{where}: image of {w}x{h} is over Isaac's limit of {MAX_PIXELS:,} px")
             if w == 0 or h == 0:
                 raise Skip("corrupt_image", f"{where}: image has zero size ({w}x{h})")
             img.load()
             if fmt in KEPT_FORMATS:
                 return KEPT_FORMATS[fmt], bytes(data)
             return "png", _png_bytes(img)
-    except Skip:
-        raise
-    except PIL.Image.DecompressionBombError as err:
-        raise Skip("image_too_large", f"{where}: {err}") from err
-    except PIL.UnidentifiedImageError as err:
-        raise Skip("corrupt_image", f"{where}: not an image (PIL does not recognise the format)") from err
-    except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes
-        raise Skip("corrupt_image", f"{where}: cannot decode the image ({type(err).__name__}: {err})") from err
+        except Skip:
+            raise
+        except PIL.Image.DecompressionBombError as err:  # a later frame or tile past PIL's limit (set alike)
+            raise Skip("image_too_large", f"{where}: {err}") from err
+        except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad bytes
+            raise Skip("corrupt_image", f"{where}: cannot decode the image ({type(err).__name__}: {err})") from err
 
 
 def _png_bytes(img: PIL.Image.Image) -> bytes:

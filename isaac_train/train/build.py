@@ -209,7 +209,7 @@ def loader_spec(cfg: Config, shards: list[str] | str, weights: list[float] | Non
         sources=sources, seq_len=t.seq_len, rows_per_batch=d.rows_per_batch, max_patches_per_row=d.max_patches_per_row,
         pack_buffer=d.pack_buffer, seed=t.seed, shuffle=d.shuffle and train, shuffle_block=d.shuffle_block,
         epochs=None if train else 1, length_policy=d.length_policy, max_error_rate=d.max_error_rate,
-        num_workers=d.num_workers,
+        max_image_pixels=d.max_image_pixels, num_workers=d.num_workers,
     )
 
 

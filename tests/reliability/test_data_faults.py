@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -19,6 +22,7 @@ from isaac_train.data.shards import ShardSet, ShardWriter
 from ..data_helpers import chat_sample, encode_image
 from ..distributed.helpers import run_train, two_rank_overrides
 from ..train.conftest import tiny_overrides
+from .conftest import ROOT
 
 
 def _write(root, n: int, bad: dict[int, str], per_shard: int = 5):
@@ -167,3 +171,105 @@ def test_two_processes_on_one_sample_exit_within_seconds(tmp_path):
     assert "holds 1 sample(s) but the job has 2 loader readers (2 processes x data.num_workers=1)" in out.stderr, \
         out.stderr[-3000:]
     assert elapsed < 120, f"took {elapsed:.0f}s: a rank waited on the other instead of refusing"
+
+
+# ---- an image bomb -----------------------------------------------------------------------------------------------
+
+# Two bombs: 20000 x 20000 (past twice PIL's limit, which data.max_image_pixels sets: PIL refuses it at open) and
+# 11000 x 10000 (110 MP, between the limit and twice it: PIL would only warn and decode 330 MB). The work runs under
+# an address-space cap of what the process maps after its imports plus CAP_HEADROOM, so anything that decodes
+# either dies of MemoryError; the control, under the same cap, is PIL decoding the smaller one with its own check
+# off: it must fail, or the cap proves nothing.
+CAP_HEADROOM = 256 << 20
+BOMBS = {"huge": (20000, 20000), "big": (11000, 10000)}
+_UNDER_A_CAP = r"""
+import json, resource, sys
+from pathlib import Path
+
+import PIL.Image
+
+from data_tools import make_shards
+from data_tools.converters import build_converter
+from data_tools.inspect_cmd import image_info
+from data_tools.validate import ScanConfig, scan_sample
+from isaac_train.data.loader import LoaderSpec, PackedLoader, SourceSpec
+from isaac_train.data.shards import ShardSet
+from isaac_train.model.tiny import tiny_config
+from isaac_train.processing.processor import IsaacProcessor
+from isaac_train.processing.tiny_tokenizer import build_tiny_tokenizer
+
+shards, records, control, headroom = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+processor = IsaacProcessor.from_settings(build_tiny_tokenizer(), tiny_config())
+loader = PackedLoader(LoaderSpec(sources=[SourceSpec("bombs", shards)], seq_len=256, pack_buffer=4, epochs=1,
+                                 shuffle=False, num_workers=2), processor)
+mapped = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) << 10
+resource.setrlimit(resource.RLIMIT_AS, (mapped + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+out = {"cap_mb": (mapped + headroom) >> 20}
+out["loader_keys"] = sorted(k for batch in loader for row in batch.sample_keys for k in row)
+out["loader_skipped"] = loader.skip_counts()
+shard_set = ShardSet(shards)
+scanned = [scan_sample(shard_set, s, p, ScanConfig(processor, 256, "truncate"))
+           for s in range(len(shard_set.tars)) for p in range(shard_set.counts[s])]
+out["validate"] = {r.key: [r.reason, r.message] for r in scanned}
+out["inspect"] = [image_info(0, "0.png", p.read_bytes(), processor).error for p in sorted(records.parent.glob("*.png"))]
+report = make_shards.make_shards(build_converter("chat-jsonl", records), records.parent / "made", workers=1,
+                                 progress=False)
+out["make_shards"] = [report["samples"], report["skipped"], report["examples"]]
+PIL.Image.MAX_IMAGE_PIXELS = None  # the control: PIL's own check off, decode a bomb under the same cap
+try:
+    with PIL.Image.open(control) as image:
+        image.load()
+    out["control"] = "decoded"
+except MemoryError:
+    out["control"] = "MemoryError"
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_image_bombs_are_skipped_from_their_header_under_a_memory_cap(tmp_path):
+    """PNG bombs (about 1 MB on disk, 330 MB and 1.2 GB decoded) in shards and in records for make-shards: the
+    loader with 2 workers, validate, inspect and make-shards skip each as image_too_large and count it, in a process
+    whose address space could not hold one decoded."""
+    from ..data_tools.bombs import png_bomb
+
+    records = tmp_path / "records" / "chat.jsonl"
+    records.parent.mkdir()
+    bombs = {name: records.parent / f"{name}.png" for name in BOMBS}
+    for name, size in BOMBS.items():
+        bombs[name].write_bytes(png_bomb(*size))
+    writer = ShardWriter(tmp_path / "shards", max_count=4)
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        sample, images = chat_sample(i, rng)
+        writer.write(f"s{i:05d}", sample, images)
+    for name, path in bombs.items():
+        writer.write(name, {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+                                         {"role": "assistant", "content": "nothing"}]}, [("0.png", path.read_bytes())])
+    writer.close()
+    lines = [{"image": str(path), "conversations": [{"from": "human", "value": "<image>\nwhat?"},
+                                                    {"from": "gpt", "value": "nothing"}]} for path in bombs.values()]
+    lines.append({"messages": [{"role": "user", "content": "hello?"}, {"role": "assistant", "content": "hi"}]})
+    records.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = subprocess.run([sys.executable, "-c", _UNDER_A_CAP, str(tmp_path / "shards"), str(records),
+                          str(bombs["big"]), str(CAP_HEADROOM)], capture_output=True, text=True, timeout=240,
+                         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-4000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\naddress space capped at {result['cap_mb']} MB")
+    assert result["control"] == "MemoryError", "the cap must be low enough that decoding a bomb fails"
+    assert result["loader_skipped"] == {"image_too_large": 2}
+    assert result["loader_keys"] == [f"bombs/s{i:05d}" for i in range(6)]
+    sizes = {"huge": "400,000,000 pixels", "big": "11000x10000 = 110,000,000 pixels"}
+    for name, size in sizes.items():
+        reason, message = result["validate"].pop(name)
+        assert reason == "image_too_large" and message == (
+            f"image 0: image of {size} is over the limit of 60,000,000 pixels (data.max_image_pixels, make-shards "
+            "--max-image-pixels); not decoded")
+    assert all(r == [None, ""] for r in result["validate"].values())
+    assert [error.split(" is over")[0] for error in result["inspect"]] == [
+        f"image 0: image of {sizes['big']}", f"image 0: image of {sizes['huge']}"]
+    written, skipped, examples = result["make_shards"]
+    assert written == 1 and skipped == {"image_too_large": 2}
+    assert sorted(e.split(": image of ")[1].split(" is over")[0] for e in examples["image_too_large"]) == sorted(
+        sizes.values())
