@@ -5,7 +5,9 @@
 # strategy=ddp is added. PYTHON: the interpreter (default: python). DRY_RUN=1: print the command, run nothing.
 # Preemption: SIGTERM, SIGINT or SIGUSR1 to this script, to torchrun or to every process of the job makes the
 # ranks finish their step and checkpoint; torchrun waits STOP_GRACE_S (default 300) before it kills them, and
-# this script then exits 75 (requeue) if the checkpoint was committed. torchrun itself always exits 1 there.
+# this script then exits 75 (requeue) if the checkpoint was committed. A signal during start-up (before the first
+# step) also ends in 75: the ranks leave at once, the last committed checkpoint stands. torchrun itself always
+# exits 1 there.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=/dev/null
@@ -34,9 +36,15 @@ trap forward TERM INT USR1
 while kill -0 "$pid" 2>/dev/null; do wait "$pid" || true; done  # wait returns early when a signal is trapped
 wait "$pid" && rc=0 || rc=$?
 if [ -s "$ISAAC_EXIT_FILE" ] && grep -q '"exit_code": 75' "$ISAAC_EXIT_FILE"; then
-  echo "isaac-train: checkpointed on a signal ($(cat "$ISAAC_EXIT_FILE")); exit 75 = requeue" >&2
+  echo "isaac-train: stopped on a signal ($(cat "$ISAAC_EXIT_FILE")); exit 75 = requeue" >&2
   rm -f "$ISAAC_EXIT_FILE"
   exit 75
 fi
 rm -f "$ISAAC_EXIT_FILE"
+if [ "$forwarded" = 1 ] && [ "$rc" != 0 ]; then
+  # signalled before any rank could record it (torchrun itself was still starting): nothing was trained since
+  # the last committed checkpoint, which the requeued job resumes
+  echo "isaac-train: signalled during start-up (torchrun exit $rc); exit 75 = requeue" >&2
+  exit 75
+fi
 exit "$rc"

@@ -69,12 +69,16 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ
 
 
+_watching: list[int] = []
+
+
 def begin() -> StopFlag:
-    """The first line of a rank: stop handlers in place; under torchrun, die with the launcher."""
+    """The first line of a rank: stop handlers in place; under torchrun, die with the launcher (once a process)."""
     flag = stop_flag()
-    if under_torchrun():
+    if under_torchrun() and not _watching:
         die_with_parent()
-        watch_parent(os.getppid())
+        _watching.append(os.getppid())
+        watch_parent(_watching[0])
     return flag
 
 

@@ -109,6 +109,9 @@ def _install() -> None:
 
 
 if __name__ == "__main__":
+    from isaac_train.distributed.lifecycle import begin
+
+    begin()  # first, as isaac_train/train/__main__.py does
     _install()
     from isaac_train.train.cli import main
 

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -150,3 +151,117 @@ def test_sbatch_forwards_usr1_and_requeues(train_shards, tmp_path):
     latest = CheckpointManager(out / "checkpoints").latest()
     assert latest is not None and int(latest.name.split("_")[1]) < 40
     assert not (tmp_path / ".isaac-exit-4242").exists()
+
+
+def _run_tree(proc: subprocess.Popen, at_least: int) -> list[psutil.Process]:
+    tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    assert len(tree) >= at_least, [p.name() for p in tree]
+    return tree
+
+
+def _alive(tree: list[psutil.Process]) -> list[int]:
+    out = []
+    for p in tree:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_kill_9_of_torchruns_process_group_leaves_no_rank_behind_and_resumes_exactly(train_shards, tmp_path,
+                                                                                      straight):
+    """A container runtime, a scheduler or Ctrl-\\ kills the launcher's process group: torchrun starts every rank
+    in a session of its own, so only the ranks' parent-death signal (and their watch of the parent) ends them and
+    their DataLoader workers. The restart takes over the dead job's run directory and ends bit-identical."""
+    out = tmp_path / "run"
+    proc = start_injected(_args(train_shards, out), nproc=2, faults=SLOW["step"])
+    wait_for(lambda: last_step(out) >= SAVE_EVERY + 1, proc)
+    tree = _run_tree(proc, at_least=5)  # torchrun, 2 ranks, a DataLoader worker each
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    deadline = time.time() + 10
+    while _alive(tree) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(tree), f"processes of the killed job still run: {_alive(tree)}"
+    reached = last_step(out)
+    time.sleep(2)
+    assert last_step(out) == reached, "the run went on training after its launcher was killed"
+    rerun = run_injected(_args(train_shards, out), nproc=2)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "took over from a writer that is gone" in rerun.stdout + rerun.stderr
+    _same_as_straight(out, straight)
+
+
+def test_a_second_job_on_a_live_run_directory_is_refused_naming_the_holder(train_shards, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_overrides(train_shards, out, "train.max_steps=200")
+    first = start_injected(args, faults=SLOW["step"])
+    try:
+        wait_for(lambda: last_step(out) >= 1, first)
+        second = run_injected(args, timeout=120)
+        assert second.returncode == 1, second.stderr[-3000:]
+        assert "Traceback" not in second.stderr
+        line = second.stderr.strip().splitlines()[-1]
+        assert f"run.output_dir={out} is in use by another live run" in line and f"pid {first.pid}" in line, line
+        assert first.poll() is None, "the holder goes on"
+    finally:
+        os.killpg(first.pid, signal.SIGTERM)
+        first.communicate(timeout=120)
+    assert first.returncode == REQUEUE_EXIT_CODE
+    assert not list((out / ".writer").glob("lock.*")), "the lock is released when the holder ends"
+
+
+def _catches_sigterm(p: psutil.Process) -> bool:
+    try:
+        status = open(f"/proc/{p.pid}/status").read()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signal.SIGTERM - 1) & 1)
+
+
+def _is_rank(p: psutil.Process) -> bool:
+    try:
+        command = " ".join(p.cmdline())
+    except psutil.Error:  # a short-lived helper process (nvidia-smi probe, a zombie)
+        return False
+    trainer = "tests.reliability.inject" in command or "-m isaac_train.train" in command
+    return trainer and "torch.distributed.run" not in command
+
+
+def _signal_during_start_up(proc: subprocess.Popen, ranks: int, send) -> None:
+    """Once every rank has its stop handlers (SigCgt in /proc: the trainer's first lines ran) and before any step."""
+    deadline = time.time() + 60
+    while True:
+        ready = [p for p in psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+                 if _is_rank(p) and _catches_sigterm(p)]
+        if len(ready) >= ranks:
+            break
+        assert time.time() < deadline and proc.poll() is None, "the ranks never installed their stop handlers"
+        time.sleep(0.01)
+    send()
+
+
+@pytest.mark.parametrize("target", ["torchrun", "torchrun.sh", "one process"])
+def test_a_signal_during_start_up_exits_75(train_shards, tmp_path, target):
+    out, exit_file = tmp_path / "run", tmp_path / "exit.json"
+    if target == "one process":
+        proc = start_injected(tiny_overrides(train_shards, out), faults={"ISAAC_EXIT_FILE": str(exit_file)})
+        _signal_during_start_up(proc, 1, lambda: os.killpg(proc.pid, signal.SIGTERM))
+    elif target == "torchrun":
+        proc = start_injected(_args(train_shards, out), nproc=2, faults={"ISAAC_EXIT_FILE": str(exit_file)})
+        _signal_during_start_up(proc, 2, lambda: os.kill(proc.pid, signal.SIGTERM))
+    else:
+        proc = _script("launch/torchrun.sh", _args(train_shards, out), {"NPROC": "2", "OMP_NUM_THREADS": "1"})
+        _signal_during_start_up(proc, 2, lambda: os.kill(proc.pid, signal.SIGTERM))
+    _, stderr = proc.communicate(timeout=120)
+    assert last_step(out) == 0, "the signal was meant to land before the first step"
+    assert "during start-up" in stderr, stderr[-3000:]
+    if target == "torchrun":
+        assert proc.returncode == 1  # torchrun's own code; the ranks' is in the file
+        assert json.loads(exit_file.read_text())["exit_code"] == REQUEUE_EXIT_CODE
+    else:
+        assert proc.returncode == REQUEUE_EXIT_CODE, stderr[-3000:]
+    assert CheckpointManager(out / "checkpoints").latest() is None
