@@ -348,7 +348,7 @@ FORMATS: dict[str, type[Converter]] = {c.name: c for c in (ChatJsonl, Llava, HfD
 def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | None = None,
                     **options: Any) -> Converter:
     """The converter of `fmt` for `input_path`; `options` go to its constructor: data_files, split, cache_dir for
-    hf-dataset (and obelics, mmc4); group, refs, refs_split, include_crowd for coco (data_tools/coco.py);
+    hf-dataset (and obelics, mmc4, refcoco); group, refs, refs_split, include_crowd for coco (data_tools/coco.py);
     drop_missing_images, url_names for documents-jsonl, obelics and mmc4, image_position for mmc4
     (data_tools/interleaved.py)."""
     if fmt not in FORMATS:
@@ -359,6 +359,6 @@ def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | N
     return FORMATS[fmt](Path(input_path), root, **options)
 
 
-# coco (data_tools/coco.py) and the interleaved formats (data_tools/interleaved.py) build on the classes above and
-# add themselves to FORMATS.
-from . import coco, interleaved  # noqa: E402,F401
+# coco (data_tools/coco.py), refcoco (data_tools/refcoco.py) and the interleaved formats (data_tools/interleaved.py)
+# build on the classes above and add themselves to FORMATS.
+from . import coco, interleaved, refcoco  # noqa: E402,F401

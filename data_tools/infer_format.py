@@ -7,7 +7,10 @@
 - a .json file holding a JSON list whose first entry has `conversations` -> llava; one JSON object (pretty-printed)
   with COCO's keys -> coco;
 - a directory written by `save_to_disk` (dataset_info.json / dataset_dict.json), a parquet or arrow file, or
-  --hf-data-files: its columns (`texts` + `images` -> obelics, `text_list` + `image_info` -> mmc4, else hf-dataset);
+  --hf-data-files: its columns (`texts` + `images` -> obelics, `text_list` + `image_info` -> mmc4, RefCOCO's
+  `image` + `answer` + `bbox` (lmms-lab) or `sentences` + `bbox` + `image_path` (jxu124) -> refcoco, else
+  hf-dataset);
+- a directory of parquet files with RefCOCO's columns (a download of the hub's dataset repository) -> refcoco;
 - any other directory holding images (or captions.jsonl / metadata.jsonl) -> image-folder.
 
 Anything else is refused with InputError naming the formats (--format is then needed).
@@ -22,6 +25,7 @@ from typing import Any
 
 from .converters import CAPTION_FILES, FORMATS, IMAGE_EXTENSIONS, InputError
 from .interleaved import Mmc4, Obelics
+from .refcoco import LAYOUTS, Refcoco
 
 PEEK_LINES = 1000  # non-blank lines tried for the first record that parses
 LIST_HEAD = 1 << 20  # bytes of a JSON list read to find its first entry
@@ -35,7 +39,8 @@ RECORD_KINDS = (  # (format, the keys a record needs), first match wins
     ("hf-dataset", ("image", "caption")),
     ("hf-dataset", ("image", "text")),
 )
-DATASET_KINDS = tuple((c.name, c.columns) for c in (Obelics, Mmc4))  # dataset columns -> format
+DATASET_KINDS = (*((c.name, c.columns) for c in (Obelics, Mmc4)),  # dataset columns -> format
+                 *((Refcoco.name, columns) for columns in LAYOUTS.values()))
 
 
 def _keys(keys: tuple[str, ...]) -> str:
@@ -111,6 +116,10 @@ def _directory_format(path: Path) -> tuple[str, str]:
     if columns is not None:
         fmt = dataset_format(columns)
         return fmt, f"{path} is a dataset written by save_to_disk with columns {columns}"
+    parquet = next(path.rglob("*.parquet"), None)
+    columns = file_columns(parquet) if parquet is not None else None
+    if columns is not None and dataset_format(columns) == Refcoco.name:
+        return Refcoco.name, f"{path} holds parquet files ({parquet.relative_to(path)}, ...) with columns {columns}"
     metadata = next((n for n in CAPTION_FILES if (path / n).is_file()), None)
     if metadata:
         return "image-folder", f"{path} is a folder with {metadata}"

@@ -1,7 +1,8 @@
 """`isaac-data make-shards [--format FORMAT] INPUT OUT_DIR`: convert a dataset to Isaac shards with manifests.
 
 Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, `coco` (COCO
-instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md), and the interleaved documents
+instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md), `refcoco` (RefCOCO/+/g from the
+Hugging Face hub -> the same, data_tools/refcoco.py), and the interleaved documents
 `documents-jsonl`, `obelics`, `mmc4` (data_tools/interleaved.py). Without --format the format is inferred from
 the input (data_tools/infer_format.py) and the inference printed. Records are read and checked (JSON, schema,
 every image decoded with PIL) in a pool of worker processes, in input order, and written by the main process
@@ -38,7 +39,8 @@ from .interleaved import MMC4_POSITIONS, URL_NAMES
 
 REPORT_NAME = "make_shards_report.json"
 DOCUMENT_FORMATS = ("documents-jsonl", "obelics", "mmc4")  # take --drop-missing-images and --url-names
-HF_FORMATS = ("hf-dataset", "obelics", "mmc4")  # take --hf-data-files, --hf-split, --hf-cache-dir
+HF_FORMATS = ("hf-dataset", "obelics", "mmc4", "refcoco")  # take --hf-data-files, --hf-split, --hf-cache-dir
+ALL_SPLITS_FORMATS = ("refcoco",)  # without --hf-split: every split (else: train)
 EXAMPLES_PER_REASON = 5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 
@@ -78,11 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample keys: running numbers 000000123 (default) or the sanitised original ids")
     parser.add_argument("--overwrite", action="store_true", help="replace the shards already in OUT_DIR")
     parser.add_argument("--hf-data-files", action="append", default=None, metavar="FILES",
-                        help="hf-dataset, obelics, mmc4: local data files or a glob (repeatable); INPUT is then "
-                             "their type")
-    parser.add_argument("--hf-split", default="train", help="hf-dataset, obelics, mmc4: the split to convert (train)")
-    parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset, obelics, mmc4: cache for --hf-data-files "
-                        "(HF default)")
+                        help="hf-dataset, obelics, mmc4, refcoco: local data files or a glob (repeatable); INPUT "
+                             "is then their type")
+    parser.add_argument("--hf-split", default=None, help="hf-dataset, obelics, mmc4: the split to convert (train); "
+                        "refcoco: the one split to keep (default: every split)")
+    parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset, obelics, mmc4, refcoco: cache for "
+                        "--hf-data-files (HF default)")
     parser.add_argument("--drop-missing-images", action="store_true",
                         help="documents-jsonl, obelics, mmc4: leave out an image that is missing, unreadable or too "
                              "large (counted as dropped_images) instead of skipping its document")
@@ -96,9 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="coco: one sample per (image, category) (default) or per image with all categories")
     parser.add_argument("--coco-include-crowd", action="store_true",
                         help="coco: keep crowd annotations (iscrowd=1) in the answers (left out by default)")
-    parser.add_argument("--refs", type=Path, default=None, metavar="REFS_JSON",
-                        help="coco: RefCOCO-style referring expressions (JSON list or JSONL of {ann_id, sentences}); "
-                             "one sample per expression instead of detection samples")
+    parser.add_argument("--refs", type=Path, default=None, metavar="REFS",
+                        help="coco: RefCOCO-style referring expressions: refer's refs(unc).p as distributed (read as "
+                             "plain data only), or a JSON list / JSONL of {ann_id, sentences}; one sample per "
+                             "expression instead of detection samples")
     parser.add_argument("--refs-split", default=None, metavar="SPLIT",
                         help="coco --refs: keep only the expressions of this split (e.g. val)")
 
@@ -135,7 +139,8 @@ def _hf_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
         if args.hf_data_files:
             raise InputError(f"--hf-data-files applies to --format {', '.join(HF_FORMATS)}, not {fmt}")
         return {}
-    return {"data_files": args.hf_data_files, "split": args.hf_split, "cache_dir": args.hf_cache_dir}
+    split = args.hf_split if args.hf_split is not None or fmt in ALL_SPLITS_FORMATS else "train"
+    return {"data_files": args.hf_data_files, "split": split, "cache_dir": args.hf_cache_dir}
 
 
 def _document_options(args: argparse.Namespace, fmt: str) -> dict[str, Any]:
