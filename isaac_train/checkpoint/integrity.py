@@ -273,6 +273,54 @@ def is_disk_full(err: BaseException) -> bool:
     return False
 
 
+# errno values that mean "this place cannot be written" (a full disk is is_disk_full's)
+_UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted (an immutable file or "
+               "folder?)", errno.EROFS: "a read-only filesystem"}
+
+
+def unwritable(err: BaseException | None) -> OSError | None:
+    """The OSError in `err`'s chain that says a place cannot be written (permission, read-only, immutable) or is
+    gone (ENOENT: a directory that vanished); None when there is none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and (err.errno in _UNWRITABLE or err.errno == errno.ENOENT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def describe_unwritable(err: OSError, where: Path | str | None = None, setting: str = "run.output_dir") -> str:
+    """One line for an OSError met writing `where` (else the error's own path): the path, the cause, the fix."""
+    where = where or err.filename or "?"
+    if err.errno == errno.ENOENT:
+        return (f"{where} does not exist any more (deleted, moved or unmounted while the run went on). Restore "
+                f"it, or set {setting} to another directory, and run the same command again")
+    cause = _UNWRITABLE.get(err.errno, "the write failed")
+    return (f"cannot write in {where}: {cause} ([Errno {err.errno}] {err.strerror}). Make it writable for this "
+            f"user (owner, mode, mount options, chattr -i) or set {setting} to a writable directory")
+
+
+def write_problem(directory: Path) -> OSError | None:
+    """Create, write and remove a file in `directory` (in its nearest existing parent when it does not exist yet):
+    the OSError that stops it, else None. Root ignores file modes, so this writes instead of reading them; a
+    read-only mount and an immutable (chattr +i) directory stop root as well."""
+    target = next((p for p in (directory, *directory.parents) if p.is_dir()), None)
+    if target is None:
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(directory))
+    probe = target / f".isaac_write_probe_{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as err:
+        return err
+    return None
+
+
 def free_bytes(path: Path) -> int:
     for candidate in (path, *path.parents):
         if candidate.exists():

@@ -93,51 +93,16 @@ class RunDirError(RuntimeError):
     """The run directory (or its checkpoints folder) cannot be written, or vanished while the run went on."""
 
 
-# errno values that mean "this place cannot be written" (not a full disk: integrity.is_disk_full)
-_UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted (an immutable file or "
-               "folder?)", errno.EROFS: "a read-only filesystem"}
-
-
-def unwritable(err: BaseException | None) -> OSError | None:
-    """The OSError in `err`'s chain that says a place cannot be written (permission, read-only, immutable), or a
-    FileNotFoundError (a directory that vanished); None when there is none."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, OSError) and (err.errno in _UNWRITABLE or err.errno == errno.ENOENT):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-def describe_unwritable(err: OSError, where: Path | str | None = None, setting: str = "run.output_dir") -> str:
-    """One line for an OSError from `unwritable`: the path (`where`, else the error's), what is wrong, what to do."""
-    where = where or err.filename or "?"
-    if err.errno == errno.ENOENT:
-        return (f"{where} does not exist any more (deleted, moved or unmounted while the run went on). Restore "
-                f"it, or set {setting} to another directory, and run the same command again")
-    return (f"cannot write in {where}: {_UNWRITABLE[err.errno]} ([Errno {err.errno}] {err.strerror}). Make it "
-            f"writable for this user (owner, mode, mount options, chattr -i) or set {setting} to a writable "
-            "directory")
-
-
 def check_writable(directory: Path, setting: str = "run.output_dir") -> None:
     """Create `directory` if needed and a file in it (removed again): raise RunDirError naming the directory and
-    the cause when that fails. Root ignores modes, so this tries a real write instead of reading permissions."""
-    probe = directory / f".write_probe_{os.getpid()}"
+    the cause when that fails (integrity.write_problem)."""
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"ok")
-        finally:
-            os.close(fd)
-        probe.unlink()
     except OSError as err:
-        cause = unwritable(err)
-        if cause is None:
-            raise RunDirError(f"cannot write in {directory} ({setting}): {err}") from err
-        raise RunDirError(describe_unwritable(cause, directory, setting)) from err
+        raise RunDirError(integrity.describe_unwritable(err, directory, setting)) from err
+    err = integrity.write_problem(directory)
+    if err is not None:
+        raise RunDirError(integrity.describe_unwritable(err, directory, setting)) from err
 
 
 class CheckpointManager:
@@ -375,11 +340,11 @@ class CheckpointManager:
 
     def _place_problem(self, error: BaseException | None) -> str | None:
         """What is wrong with the place a save writes to (unwritable, or the run directory gone), or None."""
-        cause = unwritable(error)
+        cause = integrity.unwritable(error)
         if cause is None:
             return None
         if cause.errno != errno.ENOENT:
-            return describe_unwritable(cause, Path(cause.filename).parent if cause.filename else self.root)
+            return integrity.describe_unwritable(cause, Path(cause.filename).parent if cause.filename else self.root)
         run_dir = self.root.parent
         if run_dir.is_dir():
             return None  # a missing file, not a missing directory: reported as it is

@@ -77,11 +77,20 @@ def check_paths(cfg: Config) -> None:
     if d.processor or m.pretrained:
         checks.append(("data.processor" if d.processor else "model.pretrained", _check_processor,
                        Path(d.processor or m.pretrained)))
+    checks.append(("run.output_dir", _check_writable, Path(cfg.run.output_dir)))  # before Hydra writes its log there
     for key, check, value in checks:
         try:
             check(value)
         except _Problem as problem:
             raise ConfigError(f"{key}: {problem}") from None
+
+
+def _check_writable(directory: Path) -> None:
+    from ..checkpoint.integrity import describe_unwritable, write_problem
+
+    err = write_problem(directory)
+    if err is not None:
+        raise _Problem(describe_unwritable(err, directory))
 
 
 def _check_shards(spec: str) -> None:
