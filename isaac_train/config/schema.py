@@ -6,6 +6,7 @@ message. Nothing here rewrites what the user set.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,12 @@ from .zero_options import check_zero_options
 STRATEGIES = ("single", "ddp", "fsdp", "zero1", "zero2", "zero3")
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("bf16", "fp32")
+# AdamW moves each weight by about lr per step, so a rate above 1 cannot train; the bound also keeps every rate
+# (and lr x weight_decay) inside float32, where torch's AdamW overflows with a traceback (lr=1e39).
+MAX_LR = 1.0
+# float32's smallest normal number: a smaller optim.eps is 0 (or a denormal) in the update, and 0/0 then makes NaN
+# weights wherever a gradient is 0 (measured: eps=1e-50 gives NaN weights at the first step)
+FP32_TINY = 1.1754943508222875e-38
 
 
 @dataclass
@@ -205,8 +212,8 @@ def validate(cfg: Config) -> None:
            "no training data: set data.train_shards=/path/to/shards (or data.demo=true for the synthetic demo)")
     if d.train_weights is not None:
         n = len(d.train_shards) if isinstance(d.train_shards, (list, tuple)) else 1
-        _check(len(d.train_weights) == n and all(w > 0 for w in d.train_weights), "data.train_weights",
-               f"needs {n} positive weight(s), one per data.train_shards entry")
+        _check(len(d.train_weights) == n and all(0 < w < math.inf for w in d.train_weights), "data.train_weights",
+               f"needs {n} positive, finite weight(s), one per data.train_shards entry")
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0")
     _check(d.pack_buffer >= 1, "data.pack_buffer", "must be >= 1")
     _check(d.rows_per_batch >= 1, "data.rows_per_batch", "must be >= 1")
@@ -222,7 +229,8 @@ def validate(cfg: Config) -> None:
     _check(t.seq_len >= 64, "train.seq_len", "must be at least 64 tokens")
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1")
     _check(t.precision in PRECISIONS, "train.precision", f"{t.precision!r}; choose {' or '.join(PRECISIONS)}")
-    _check(t.clip_grad_norm is None or t.clip_grad_norm > 0, "train.clip_grad_norm", "must be > 0 or null")
+    _check(t.clip_grad_norm is None or 0 < t.clip_grad_norm < math.inf, "train.clip_grad_norm",
+           "must be > 0 and finite, or null (measure the norm, never clip)")
     _check(t.log_every >= 1, "train.log_every", "must be >= 1")
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: no periodic eval)")
     _check(t.save_every >= 0, "train.save_every", "must be >= 0 (0: save only at the end)")
@@ -234,13 +242,21 @@ def validate(cfg: Config) -> None:
            "train.eval_every > 0 needs data.eval_shards (or data.demo=true)")
     _check(t.keep_last >= 1, "train.keep_last", "must be >= 1")
     _check(t.max_skipped_steps >= 1, "train.max_skipped_steps", "must be >= 1")
-    _check(o.lr > 0, "optim.lr", "must be > 0")
-    _check(o.lr_projector is None or o.lr_projector > 0, "optim.lr_projector", "must be > 0 or null (null: optim.lr)")
-    _check(o.lr_vision is None or o.lr_vision > 0, "optim.lr_vision", "must be > 0 or null (null: optim.lr / 10)")
-    _check(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    rate = f"in (0, {MAX_LR:g}]: AdamW moves each weight by about this much per step (usual: 1e-5 to 1e-3)"
+    _check(0 < o.lr <= MAX_LR, "optim.lr", f"{o.lr!r} must be {rate}")
+    _check(o.lr_projector is None or 0 < o.lr_projector <= MAX_LR, "optim.lr_projector",
+           f"{o.lr_projector!r} must be {rate}, or null (optim.lr)")
+    _check(o.lr_vision is None or 0 < o.lr_vision <= MAX_LR, "optim.lr_vision",
+           f"{o.lr_vision!r} must be {rate}, or null (optim.lr / 10)")
+    top_lr = max(o.lr, o.lr_projector or 0.0, o.lr_vision or 0.0)
+    _check(0 <= o.weight_decay < math.inf, "optim.weight_decay", f"{o.weight_decay!r} must be >= 0 and finite")
+    _check(o.weight_decay * top_lr <= 1, "optim.weight_decay",
+           f"{o.weight_decay!r} x the largest learning rate {top_lr:g} is above 1: AdamW multiplies each weight by "
+           "(1 - lr x weight_decay) every step (usual: 0 to 0.1)")
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            "needs two values in [0, 1), e.g. optim.betas=[0.9,0.95]")
-    _check(o.eps > 0, "optim.eps", "must be > 0")
+    _check(FP32_TINY <= o.eps < 1, "optim.eps",
+           f"{o.eps!r} must be in [1.2e-38, 1) (float32 holds a smaller one as 0 and 0/0 makes NaN weights; usual: 1e-8)")
     _check(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     _check(0 <= o.warmup_steps < max(t.max_steps, 1), "optim.warmup_steps", "must be >= 0 and below train.max_steps")
     _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")

@@ -225,17 +225,23 @@ class LocalStrategy(Strategy):
 
 def nonfinite_flag(tensors: Iterable[torch.Tensor], device: torch.device) -> torch.Tensor:
     """1.0 when some element of `tensors` is inf or NaN, else 0.0: a 0-d float64 tensor on `device`, not read.
-    The largest absolute value is finite exactly when every element is (the inf norm propagates NaN, on CUDA too:
-    max_propagate_nan) and, unlike a sum of squares, never overflows on large finite weights. One pass over the
-    memory, a few kernel launches per device (torch._foreach_norm); empty shards have no inf norm and are left out."""
+    Exact and one pass over the memory: extremes are finite exactly when every element is, and never overflow on
+    large finite weights (a sum of squares in float32 would, past a norm of 1.8e19). On accelerators the inf norm
+    (max-abs) of every tensor in one fused kernel per device (torch._foreach_norm; NaN propagates, on CUDA through
+    max_propagate_nan); on the host each tensor's min and max (aminmax, vectorised: 2.4 GB/s on one core of the
+    2-core CI machine against 0.4-0.55 GB/s for torch's CPU inf norm, 64 x 4 MiB fp32). Empty shards have no
+    extremes and are left out. Cost: docs/performance.md (benchmarks/weights_check.py)."""
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         if t.numel():
             by_device.setdefault(t.device, []).append(t)
     bad = torch.zeros((), dtype=torch.float64, device=device)
-    for group in by_device.values():
-        peak = torch.stack(torch._foreach_norm(group, float("inf"), dtype=torch.float32)).max()
-        bad = torch.maximum(bad, (~torch.isfinite(peak)).to(device=device, dtype=torch.float64))
+    for where, group in by_device.items():
+        if where.type == "cpu":
+            ends = torch.stack([end.float() for t in group for end in torch.aminmax(t)])
+        else:
+            ends = torch.stack(torch._foreach_norm(group, float("inf"), dtype=torch.float32))
+        bad = torch.maximum(bad, (~torch.isfinite(ends).all()).to(device=device, dtype=torch.float64))
     return bad
 
 

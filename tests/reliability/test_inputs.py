@@ -59,6 +59,16 @@ def refused(argv: list[str], capsys, monkeypatch) -> str:
         (["train.eval_every=-1"], "train.eval_every: must be >= 0"),
         (["peft.alpha=0"], "peft.alpha: must be > 0"),
         (["optim.betas=[0.9]"], "optim.betas: "),
+        # float settings: finite and in range (tests/reliability/test_numerical_faults.py has lr, eps, betas)
+        (["optim.lr_vision=inf"], "optim.lr_vision: inf must be in (0, 1]"),
+        (["optim.lr_projector=nan"], "optim.lr_projector: nan must be in (0, 1]"),
+        (["optim.weight_decay=2e4"], "optim.weight_decay: 20000.0 x the largest learning rate"),
+        (["train.clip_grad_norm=inf"], "train.clip_grad_norm: must be > 0 and finite, or null"),
+        (["optim.min_lr_ratio=nan"], "optim.min_lr_ratio: must be in [0, 1]"),
+        (["optim.decay_fraction=inf"], "optim.decay_fraction: must be in (0, 1]"),
+        (["peft.dropout=nan"], "peft.dropout: must be in [0, 1)"),
+        (["data.max_error_rate=inf"], "data.max_error_rate: must be within [0, 1]"),
+        (["data.train_weights=[inf]"], "data.train_weights: needs 1 positive, finite weight(s)"),
     ],
 )
 def test_bad_settings_get_one_line_naming_the_key(argv, expected, capsys, monkeypatch):
