@@ -34,14 +34,17 @@ def derive_seed(*words: int) -> int:
 
 
 def _numpy_words(seed: int) -> list[int]:
-    """NumPy's legacy seed takes 32-bit words: the seed's low and high halves (negative seeds as two's complement)."""
+    """NumPy's legacy seed takes 32-bit words: the seed's low and high halves (negative seeds as two's complement)
+    and a tag. Both RNGs are MT19937 seeded by init_by_array, and Python's key for a seed is its 32-bit words: without
+    the tag NumPy's random() would repeat Python's random() draw for draw."""
     seed &= _U64
-    return [seed & 0xFFFF_FFFF, seed >> 32]
+    return [seed & 0xFFFF_FFFF, seed >> 32, 0x6E70_7979]
 
 
 def seed_all(seed: int) -> None:
-    """Seed torch (CPU and every CUDA device), Python's random and NumPy's global RNG from one integer."""
-    torch.manual_seed(seed)
+    """Seed torch (CPU and every CUDA device), Python's random and NumPy's global RNG from one integer (any int:
+    torch takes its 64-bit two's complement, as it does for a negative seed itself)."""
+    torch.manual_seed(seed & _U64)
     random.seed(seed)
     np.random.seed(_numpy_words(seed))
 
