@@ -132,3 +132,18 @@ def test_validate_and_the_loader_count_images_over_the_limit(tmp_path, tiny_proc
     stream["sources"] = [(s.name, s.weight, shard_set.fingerprint()) for s in spec.sources]
     assert default.fingerprint == hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()
                                                  ).hexdigest()[:16]
+
+
+def test_isaac_eval_skips_and_counts_a_bomb(tmp_path):
+    from isaac_train.eval.samples import read_eval_samples
+
+    writer = ShardWriter(tmp_path / "shards", max_count=10)
+    writer.write("ok", chat("What is it?", "A shape."), [("0.png", image_bytes("PNG"))])
+    writer.write("bomb", chat("What is it?", "Nothing."), [("0.png", png_bomb(10000, 10000))])
+    writer.close()
+    found = read_eval_samples(str(tmp_path / "shards"))
+    assert [s.key for s in found.samples] == ["ok"] and found.skipped == {"image_too_large": 1}
+    (tmp_path / "bomb.png").write_bytes(png_bomb(10000, 10000))
+    write_jsonl(tmp_path / "eval.jsonl", [{"image": "bomb.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "Nothing."}]}])
+    assert read_eval_samples(str(tmp_path / "eval.jsonl")).skipped == {"image_too_large": 1}
