@@ -243,8 +243,9 @@ def test_image_bombs_are_skipped_from_their_header_under_a_memory_cap(tmp_path):
     for i in range(6):
         sample, images = chat_sample(i, rng)
         writer.write(f"s{i:05d}", sample, images)
+    question = [{"type": "image"}, {"type": "text", "text": "?"}]
     for name, path in bombs.items():
-        writer.write(name, {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+        writer.write(name, {"messages": [{"role": "user", "content": question},
                                          {"role": "assistant", "content": "nothing"}]}, [("0.png", path.read_bytes())])
     writer.close()
     lines = [{"image": str(path), "conversations": [{"from": "human", "value": "<image>\nwhat?"},
