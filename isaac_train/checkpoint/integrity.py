@@ -163,8 +163,8 @@ def structure(directory: Path) -> tuple[str | None, dict[str, dict]]:
     try:
         state = json.loads((directory / TRAINER_STATE).read_text())
         required, what = required_files(directory, state)
-    except ValueError as err:  # JSON, an unknown format, an unreadable or unsafe .metadata: said by the error
-        return str(err) if str(err).startswith(("dcp/", TRAINER_STATE, "refusing")) else \
+    except ValueError as err:  # JSON, an unknown format, an unreadable .metadata: said by the error
+        return str(err) if str(err).startswith(("dcp/", TRAINER_STATE)) else \
             f"{TRAINER_STATE} is unreadable: {err}", {}
     absent = [rel for rel in required if rel not in files]
     if absent:
@@ -239,8 +239,8 @@ def required_files(directory: Path, state: dict) -> tuple[list[str], str]:
 
 def dcp_data_files(directory: Path) -> list[str]:
     """The data files a DCP checkpoint's `.metadata` names (read without running code; ValueError when it cannot
-    be read)."""
-    from .safe_load import _dcp_globals, restricted_unpickle
+    be read; none when it names code, which the load refuses)."""
+    from .safe_load import UnsafeCheckpointError, _dcp_globals, restricted_unpickle
 
     path = directory / ".metadata"
     try:
@@ -249,8 +249,9 @@ def dcp_data_files(directory: Path) -> list[str]:
         return sorted({info.relative_path for info in metadata.storage_data.values()})
     except FileNotFoundError:
         return []  # the required dcp/.metadata is reported missing from the manifest
-    except ValueError:
-        raise  # a refusal (UnsafeCheckpointError), naming the file
+    except UnsafeCheckpointError:
+        # planted code, not damage: the load refuses it by name and stops the run, as for every other file
+        return []
     except Exception as err:  # noqa: BLE001  (any unpickling error of a damaged file)
         raise ValueError(f"dcp/.metadata is unreadable ({type(err).__name__}: {str(err)[:200]})") from err
 

@@ -17,10 +17,14 @@ Layout of `run.output_dir/checkpoints/`:
 A checkpoint is written to `.tmp_step_0000100`; every rank fsyncs and digests a share of its files, rank 0
 writes the manifest and the marker, fsyncs, renames the directory into place, moves `latest`, and only then
 deletes checkpoints beyond the last `keep_last` (never the newest that verifies). A failed write (a full disk
-above all) removes the partial directory on every rank and raises CheckpointWriteError saying what happened.
+above all) removes the partial directory on every rank and raises CheckpointWriteError saying what happened;
+RunDirError when the folder cannot be written (read-only, immutable, permission) or the run directory is gone.
 
-Reading back: `latest()` is the newest checkpoint that verifies (sizes and checksums); each newer one that does
-not is logged with the reason and skipped. Nothing read from a checkpoint can run code (safe_load.py).
+Reading back: `latest()` is the newest checkpoint that verifies (integrity.verify: every file listed, what the
+format needs present, sizes and checksums); each newer one that does not, a missing COMPLETE marker included, is
+logged with the reason and skipped. At resume `resume_point` does the same on every rank, each digesting its
+share, sets aside what does not verify and repairs `latest`. Nothing read from a checkpoint can run code
+(safe_load.py).
 """
 
 from __future__ import annotations
@@ -246,7 +250,8 @@ class CheckpointManager:
         """Write checkpoint `step`. Every rank calls this: `write(dir)` writes the model and optimizer in the
         strategy's format (collective for sharded strategies), `rank_state` is this rank's RNG and data
         position; rank 0 writes trainer_state.json (with `meta`: strategy, format, world size) and commits.
-        Raises CheckpointWriteError on every rank when any rank's write fails."""
+        Raises CheckpointWriteError on every rank when any rank's write fails (RunDirError when it is the place:
+        the folder cannot be written, or the run directory is gone)."""
         env = env or DistEnv()
         final = self.step_dir(step)
         tmp = self.root / f".tmp_{final.name}"
