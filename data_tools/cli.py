@@ -1,6 +1,8 @@
 """`isaac-data COMMAND ...`: make-shards, index, validate, inspect, stats, demo.
 
-Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`.
+Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`. Only the module of
+the command named on the command line is imported: `isaac-data --help` lists the commands from COMMANDS below
+without importing any of them (some import torch).
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `isaac-data COMMAND ...` (`argv` without the program name; None: sys.argv) and return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    named = next((a for a in argv if not a.startswith("-")), None)  # the command: its arguments come after it
     parser = argparse.ArgumentParser(prog="isaac-data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_module=module)
-        importlib.import_module(module).add_arguments(p)
+        if name == named:
+            importlib.import_module(module).add_arguments(p)
     args = parser.parse_args(argv)
     return int(importlib.import_module(args._module).run(args) or 0)
 

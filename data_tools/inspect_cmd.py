@@ -20,7 +20,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import PIL.Image
 from tqdm import tqdm
@@ -28,8 +28,6 @@ from tqdm import tqdm
 from isaac_train.data.decode import SkipSample, encode_members, image_members, parse_sample
 from isaac_train.data.records import Skip, open_image
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
-from isaac_train.processing.processor import IGNORE_INDEX, EncodedSample, IsaacProcessor
-from isaac_train.processing.tensor_stream import Modality
 
 from .validate import (
     CommandError,
@@ -41,6 +39,9 @@ from .validate import (
     open_shards,
     resolve_max_length,
 )
+
+if TYPE_CHECKING:  # the processor imports torch and transformers: load_processor brings it when a run starts
+    from isaac_train.processing.processor import EncodedSample, IsaacProcessor
 
 LABEL_OPEN, LABEL_CLOSE = "[[", "]]"
 ANSI_LABEL, ANSI_IMAGE, ANSI_RESET = "\x1b[1;32m", "\x1b[1;35m", "\x1b[0m"
@@ -162,6 +163,9 @@ def image_info(index: int, member: str, data: bytes, processor: IsaacProcessor) 
 
 def label_pieces(sample: EncodedSample, processor: IsaacProcessor) -> list[Piece]:
     """The sample as text runs, label runs and images, in order (decoded from its tokens, so truncation shows)."""
+    from isaac_train.processing.processor import IGNORE_INDEX
+    from isaac_train.processing.tensor_stream import Modality
+
     pieces: list[Piece] = []
     position, image_index = 0, 0
     for event in sample.events:

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from isaac_train.data.records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from isaac_train.data.records import max_image_pixels as process_pixel_limit
 from isaac_train.data.shards import INDEX_NAME, ShardWriter
-from isaac_train.processing.image_processing import MAX_PIXELS
+from isaac_train.processing.limits import MAX_PIXELS
 
 from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, build_converter
 from .infer_format import infer_format

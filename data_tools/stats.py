@@ -26,8 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from isaac_train.data.packing import simulate_packing
-
 from .validate import CommandError, SampleRecord, add_scan_arguments, prepare, scan
 
 PLOT_HINT = "pip install -e '.[plot]'"
@@ -75,6 +73,8 @@ def padded_fill(lengths: Sequence[int], batch: int) -> dict[str, float]:
 def packing_report(lengths: Sequence[int], patches: Sequence[int], seq_len: int, max_patches: int | None,
                    buffer: int, pad_batch: int | None) -> dict[str, Any]:
     """Packed fill (simulate_packing) against padding batches of the same number of samples."""
+    from isaac_train.data.packing import simulate_packing  # imports torch: not for --help
+
     packed = simulate_packing(lengths, patches, seq_len, max_patches, buffer)
     fits = [n for n, p in zip(lengths, patches, strict=True)
             if n <= seq_len and (max_patches is None or p <= max_patches)]

@@ -26,16 +26,17 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm import tqdm
 
 from isaac_train.data.decode import SkipSample, encode_members, parse_sample
 from isaac_train.data.records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
-from isaac_train.processing.image_processing import MAX_PIXELS
-from isaac_train.processing.processor import IsaacProcessor
+from isaac_train.processing.limits import MAX_PIXELS
+
+if TYPE_CHECKING:  # torch and transformers come with the processor, when a scan starts (not for --help)
+    from isaac_train.processing.processor import IsaacProcessor
 
 SHARD_REASONS = ("missing_shard", "shard_size_mismatch", "shard_sha256_mismatch")
 UNHANDLED = "unhandled_error"  # an exception encode_members lets through: the loader would stop, not skip
@@ -66,6 +67,8 @@ def add_processor_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_processor(directory: Path | None) -> IsaacProcessor:
     """The processor in `directory`, or (None) the tiny test processor, with a note saying so."""
+    from isaac_train.processing.processor import IsaacProcessor
+
     if directory is None:
         from isaac_train.model.tiny import tiny_config
         from isaac_train.processing.tiny_tokenizer import build_tiny_tokenizer
@@ -258,6 +261,8 @@ def plan_tasks(shards: ShardSet, check_sha: bool, limit: int | None = None, chun
 def _init_worker(shards: ShardSet, config: ScanConfig) -> None:
     """Pool initializer: the data and processor every task of this process uses."""
     global _STATE
+    import torch
+
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
     set_max_image_pixels(config.max_image_pixels)  # forked workers inherit it; spawned ones do not
     _STATE = (shards, config)
@@ -278,6 +283,8 @@ def scan(shards: ShardSet, config: ScanConfig, workers: int = 1, check_sha: bool
     """Every sample's record (the first `limit` samples when given) in data order, computed by `workers`
     processes; with check_sha each shard's file problems come just before its samples."""
     global _STATE
+    import torch
+
     tasks = plan_tasks(shards, check_sha, limit)
     set_max_image_pixels(config.max_image_pixels)
     total = sum(stop - start for kind, _, start, stop in tasks if kind == "samples")

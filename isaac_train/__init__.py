@@ -1,14 +1,33 @@
 """isaac-train: training and fine-tuning of Perceptron's Isaac vision-language model.
 
-Importing the package registers Isaac with transformers' Auto classes (model_type `isaac`).
+Importing the package registers Isaac with transformers' Auto classes (model_type `isaac`): at once when
+transformers is already imported, else the moment it is (registration_hook.py), so that `import isaac_train`
+itself loads neither torch nor transformers and the command-line tools start in well under a second. The model
+and processor classes below are imported on first use (PEP 562).
 """
 
-from .model import IsaacConfig, IsaacForConditionalGeneration, IsaacModel, IsaacVisionConfig
-from .model.registration import register_auto_classes
-from .processing.image_processing import IsaacImageProcessorFast
-from .processing.processor import IsaacProcessor
+from __future__ import annotations
 
-register_auto_classes()
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .registration_hook import register_when_transformers_loads, registered_on_access
+
+if TYPE_CHECKING:
+    from .model import IsaacConfig, IsaacForConditionalGeneration, IsaacModel, IsaacVisionConfig
+    from .model.registration import register_auto_classes  # noqa: F401  (not in __all__, as before)
+    from .processing.image_processing import IsaacImageProcessorFast
+    from .processing.processor import IsaacProcessor
+
+_LAZY = {
+    "IsaacConfig": ".model",
+    "IsaacForConditionalGeneration": ".model",
+    "IsaacModel": ".model",
+    "IsaacVisionConfig": ".model",
+    "IsaacImageProcessorFast": ".processing.image_processing",
+    "IsaacProcessor": ".processing.processor",
+    "register_auto_classes": ".model.registration",
+}
 
 __all__ = [
     "IsaacConfig",
@@ -19,3 +38,19 @@ __all__ = [
     "IsaacVisionConfig",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'isaac_train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    registered_on_access()  # whoever holds an Isaac class can rely on the Auto classes knowing it
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+register_when_transformers_loads()

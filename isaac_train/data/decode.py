@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..processing.image_processing import ImageError
-from ..processing.processor import EncodedSample, IsaacProcessor, NoLabelTokensError, SampleTooLongError
 from .records import Skip, open_image
+
+if TYPE_CHECKING:  # the processor imports torch and transformers: parse_sample (eval, isaac-data) needs neither
+    from ..processing.processor import EncodedSample, IsaacProcessor
 
 _IMAGE_SUFFIX = re.compile(r"^(\d+)\.(jpg|jpeg|png|webp|bmp|gif|tif|tiff)$", re.IGNORECASE)
 
@@ -85,6 +86,9 @@ def encode_members(
 ) -> EncodedSample:
     """Decode and process one sample; raises SkipSample with the reason when it cannot be used.
     `normalize_pixels=False` keeps uint8 patches (the training loader's choice; the model normalises)."""
+    from ..processing.image_processing import ImageError
+    from ..processing.processor import NoLabelTokensError, SampleTooLongError
+
     kind, items, images, _ = parse_sample(members)
     encode = processor.encode_chat if kind == "chat" else processor.encode_document
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import PIL.Image
 
-from ..processing.image_processing import MAX_PIXELS
+from ..processing.limits import MAX_PIXELS
 
 IMAGE_MARKER = "<image>"
 KEPT_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp"}  # kept as they are; others -> PNG

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import webdataset
-
 INDEX_NAME = "index.json"
 FORMAT = "isaac-shards/1"
 
@@ -53,6 +51,8 @@ class ShardWriter:
     def _open(self) -> None:
         path = self.out_dir / f"{self.prefix}-{self.shard_index:06d}.tar"
         self._path = path
+        import webdataset  # imports torch: only when a shard is written, not for reading or --help
+
         self._file = _HashingFile(open(path, "wb"))
         self._tar = webdataset.TarWriter(self._file, encoder=False, mtime=0.0)
         self._samples = []

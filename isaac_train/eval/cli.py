@@ -20,13 +20,21 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .score import METRICS
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+if TYPE_CHECKING:  # torch is imported when a model is loaded: `isaac-eval --help` and argument errors need none
+    import torch
+
+DTYPES = ("fp32", "bf16")
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    """The torch dtype of a --dtype choice ("auto" stays "auto": as stored)."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}.get(name, "auto")
 
 
 def load_for_eval(path: str | Path, dtype: str = "auto", device: str | torch.device = "cpu") -> tuple[Any, Any]:
@@ -55,13 +63,13 @@ def load_for_eval(path: str | Path, dtype: str = "auto", device: str | torch.dev
         run = load_trained(path)
         model = run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model
         if dtype in DTYPES:
-            model = model.to(DTYPES[dtype])
+            model = model.to(torch_dtype(dtype))
         processor = run.processor
     return model.to(device).eval(), processor
 
 
 def _load_hf(auto, path: str | Path, dtype: str):
-    return auto.from_pretrained(path, dtype=DTYPES.get(dtype, "auto"))
+    return auto.from_pretrained(path, dtype=torch_dtype(dtype))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import torch
+
     from ..distributed.setup import init_distributed, shutdown_and_exit
     from .run import EvalResult, predict, score_rows, write_results
     from .samples import read_eval_samples

@@ -22,7 +22,6 @@ import re
 import string
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from ..processing.grounding import Grounding, parse_grounding
 
@@ -96,6 +95,8 @@ def _in_box(point: tuple[float, float], box: tuple[float, ...]) -> float:
 def _best_assignment(scores: np.ndarray, threshold: float | None = None) -> list[tuple[int, int]]:
     """Rows paired with columns maximising the total score; with `threshold`, maximising first the number of
     pairs at or above it (each such pair is worth more than any total of scores in [0, 1] can make up)."""
+    from scipy.optimize import linear_sum_assignment  # 0.3-1 s to import: only when boxes are matched
+
     if scores.size == 0:
         return []
     weights = scores if threshold is None else scores + (scores >= threshold) * (min(scores.shape) + 1.0)

@@ -13,11 +13,13 @@ accuracy and the number of malformed tags. The same per task (`meta.task` or `me
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..processing.grounding import parse_grounding
 from .metrics import contains, exact_match, grounding, grounding_summary, multiple_choice, wilson_interval
-from .samples import EvalSample
+
+if TYPE_CHECKING:
+    from .samples import EvalSample
 
 METRICS = ("auto", "exact", "contains", "choice", "grounding")
 GROUNDING_COUNTS = ("expected_boxes", "predicted_boxes", "true_positives", "iou_sum", "predicted_points",

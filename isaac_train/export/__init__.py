@@ -1,23 +1,42 @@
 """Hugging Face export of training checkpoints: `export_checkpoint` (any strategy's checkpoint, one process),
-`export_model` (a model in memory, what the trainer calls with run.export=true), and `isaac-export`."""
+`export_model` (a model in memory, what the trainer calls with run.export=true), and `isaac-export`.
+
+The names below are imported on first use (PEP 562): `isaac-export --help` must not wait for torch.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .reader import TrainedRun, load_trained, resolve_checkpoint
-from .writer import ExportSummary, ExportVerificationError, export_model
+if TYPE_CHECKING:
+    from .reader import TrainedRun, load_trained, resolve_checkpoint
+    from .writer import ExportSummary, ExportVerificationError, export_model
+
+_LAZY = {"TrainedRun": ".reader", "load_trained": ".reader", "resolve_checkpoint": ".reader",
+         "ExportSummary": ".writer", "ExportVerificationError": ".writer", "export_model": ".writer"}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, log=print, **options: Any) -> ExportSummary:
     """Export the checkpoint at `checkpoint` (a run directory, checkpoints/, or a step directory) to `out_dir`.
     Options as export_model: layout, dtype, lora, max_shard_size, verify, overwrite."""
+    from .reader import load_trained
+    from .writer import export_model
+
     run = load_trained(checkpoint)
     log(f"export: read {run.checkpoint} ({run.meta.get('format', 'full')} format, strategy "
         f"{run.meta.get('strategy', 'single')}, {run.meta.get('world_size', 1)} process(es), step "
         f"{run.meta['train_state']['step']})")
     return export_model(run.model, run.processor, out_dir, cfg=run.cfg, log=log, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = ["ExportSummary", "ExportVerificationError", "TrainedRun", "export_checkpoint", "export_model",

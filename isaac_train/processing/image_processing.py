@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-MAX_PIXELS = 60_000_000
+from .limits import MAX_PIXELS
 
 ImageLike = PIL.Image.Image | np.ndarray | torch.Tensor | bytes
 

@@ -7,6 +7,10 @@
 
 A wrong setting ends the command before anything starts with one line naming the key, `isaac-train: KEY: what
 is wrong`, and exit code 2; HYDRA_FULL_ERROR=1 shows the trace instead.
+
+Importing this module imports no Hydra, torch or transformers: `--help` (our own page, help.py) and a config error
+end within about a second (docs/performance.md), and the stop handlers of `main()` are in place before any heavy
+import.
 """
 
 from __future__ import annotations
@@ -15,17 +19,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import hydra
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from ..config.checks import check_keys, check_paths
-from ..config.hydra_errors import as_config_error
 from ..config.schema import Config, ConfigError, validate
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # Shard specs whose braces Hydra's grammar would read as a dict: data.train_shards=/data/sft-{000000..000127}.tar
@@ -36,12 +35,21 @@ _NOT_CHECKED = ("help", "hydra_help", "info", "shell_completion", "multirun", "c
 
 
 def register_schema() -> None:
+    """Make the typed Config the `schema` entry of configs/train.yaml's defaults list."""
+    from hydra.core.config_store import ConfigStore
+
     ConfigStore.instance().store(name="schema", node=Config)
 
 
 def to_config(cfg: DictConfig, check_files: bool = True) -> Config:
     """Typed, validated Config from Hydra's composition (raises ConfigError naming the key). `check_files`:
     also check that the shards, checkpoint and processor it names exist and hold what the run reads."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..config.checks import check_keys, check_paths
+    from ..config.hydra_errors import as_config_error
+
     try:
         check_keys(cfg)
         config = OmegaConf.to_object(cfg)
@@ -62,6 +70,12 @@ def compose_config(overrides: list[str] | None = None, check_files: bool = True,
                    config_name: str = "train") -> Config:
     """Compose configs/train.yaml with overrides, as the command line would (tests, notebooks, dry runs).
     Every problem, Hydra's included, raises ConfigError naming the key."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from ..config.hydra_errors import as_config_error
+
     overrides = quote_shard_patterns(list(overrides or []))
     register_schema()
     try:
@@ -123,8 +137,15 @@ def report_fault(message: str) -> None:
     sys.exit(1)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def _main(cfg: DictConfig) -> None:
+def _main() -> None:
+    """Hydra's entry point (run directory, --cfg, --multirun, overrides from sys.argv) around `_train`; the
+    decorator is applied here so that importing this module does not import Hydra."""
+    import hydra
+
+    hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")(_train)()
+
+
+def _train(cfg: DictConfig) -> None:
     from ..distributed.setup import shutdown_and_exit
     from .loop import exit_code, train
 
@@ -152,6 +173,11 @@ def main() -> None:
         sys.exit(plot_main(sys.argv[2:], prog="isaac-train plot"))
     if not CONFIG_DIR.is_dir():
         sys.exit(f"isaac-train: configs not found at {CONFIG_DIR}; install the package from a clone (pip install -e .)")
+    if {"-h", "--help"} & set(sys.argv[1:]):  # our page, not Hydra's (which is --hydra-help)
+        from .help import help_page
+
+        print(help_page(CONFIG_DIR, sys.argv[1:]))
+        sys.exit(0)
     register_schema()
     sys.argv[1:] = quote_shard_patterns(sys.argv[1:])
     check_command_line(sys.argv[1:])
