@@ -32,7 +32,12 @@ def _env() -> dict[str, str]:
 
 def run_train(overrides: list[str], nproc: int = 0, timeout: float = 540, check: bool = True
               ) -> subprocess.CompletedProcess:
-    """`python -m isaac_train.train` (nproc=0) or under torchrun with `nproc` processes; `check`: must exit 0."""
+    """Under torchrun with `nproc` processes, or (nproc=0) in this process as `isaac-train` would run it (one
+    thread, as OMP_NUM_THREADS=1 gives the subprocesses; a fault that isaac-train reports in one line comes back
+    as exit 1 with the message on stderr; DeepSpeed strategies in a subprocess of their own, since DeepSpeed keeps
+    process-wide state); `check`: must exit 0."""
+    if not nproc and not any(o.startswith("strategy=zero") for o in overrides):  # DeepSpeed keeps global state
+        return _run_here(overrides, check)
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
                f"--master_port={_free_port()}", "-m", "isaac_train.train", *overrides]
@@ -41,6 +46,29 @@ def run_train(overrides: list[str], nproc: int = 0, timeout: float = 540, check:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
     assert out.returncode == 0 or not check, f"exit {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-5000:]}"
     return out
+
+
+def _run_here(overrides: list[str], check: bool) -> subprocess.CompletedProcess:
+    """One process in this one, instead of paying a fresh interpreter's imports (several seconds) per run."""
+    import torch
+    import torch.distributed as dist
+
+    from isaac_train.train.cli import compose_config, run_faults
+    from isaac_train.train.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    code, message = 0, ""
+    try:
+        train(compose_config(overrides))
+    except run_faults() as err:
+        code, message = 1, f"isaac-train: {err}"
+    finally:
+        torch.set_num_threads(threads)
+        if dist.is_initialized():  # the private one-rank group of fsdp / zero* in one process
+            dist.destroy_process_group()
+    assert code == 0 or not check, f"exit {code}\n{message}"
+    return subprocess.CompletedProcess(["isaac-train", *overrides], code, "", message)
 
 
 def single_overrides(shards: Path, out: Path, *extra: str) -> list[str]:

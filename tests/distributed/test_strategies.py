@@ -6,6 +6,10 @@ One process with 2 loader workers and grad_accum=2 reads exactly what 2 ranks wi
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,7 +18,9 @@ from isaac_train.export import export_checkpoint
 from isaac_train.export.writer import written_tensors
 
 from ..train.conftest import losses
-from .helpers import run_train, single_overrides, two_rank_overrides
+from .helpers import _env, _free_port, run_train, single_overrides, two_rank_overrides
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -39,13 +45,43 @@ def single_losses(train_shards, tmp_path_factory):
     return get
 
 
+def _train_every_mode(out: Path, overrides: list[str]) -> None:
+    """Under torchrun: one run per mode in the same 2 processes (out/MODE), one launch per strategy."""
+    from isaac_train.distributed.setup import shutdown_and_exit
+    from isaac_train.train.cli import compose_config
+    from isaac_train.train.loop import train
+
+    for mode, extra in MODES.items():
+        result = train(compose_config([*overrides, *extra, f"run.output_dir={out / mode}"]))
+    shutdown_and_exit(result.env, 0)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(train_shards, tmp_path_factory):
+    """strategy -> the directory holding its 2-process run of each mode (launched once per strategy)."""
+    runs: dict[str, Path] = {}
+
+    def get(strategy: str) -> Path:
+        if strategy not in runs:
+            out = tmp_path_factory.mktemp(f"two_{strategy}")
+            overrides = [o for o in two_rank_overrides(train_shards, out, strategy, f"train.max_steps={STEPS}",
+                                                       "run.export=true") if not o.startswith("run.output_dir=")]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                   f"--master_port={_free_port()}", "-m", "tests.distributed.test_strategies", str(out), *overrides]
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=800, env=_env(), cwd=ROOT)
+            assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-5000:]}"
+            runs[strategy] = out
+        return runs[strategy]
+
+    return get
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "zero1", "zero2", "zero3"])
-def test_two_processes_match_one(train_shards, tmp_path, single_losses, strategy, mode):
+def test_two_processes_match_one(train_shards, single_losses, two_process_runs, strategy, mode):
     if strategy.startswith("zero"):
         pytest.importorskip("deepspeed")
-    run_train(two_rank_overrides(train_shards, tmp_path, strategy, f"train.max_steps={STEPS}", "run.export=true",
-                                 *MODES[mode]), nproc=2)
+    tmp_path = two_process_runs(strategy) / mode
     (expected, expected_weights), got = single_losses(mode), losses(tmp_path)
     assert expected.keys() == got.keys() == set(range(1, STEPS + 1))
     for step in expected:
@@ -73,3 +109,7 @@ def test_fsdp_bf16_mixed_precision_trains_like_autocast(train_shards, tmp_path):
     assert expected.keys() == got.keys() == {1, 2, 3, 4}
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-2, (step, expected[step], got[step])
+
+
+if __name__ == "__main__":
+    _train_every_mode(Path(sys.argv[1]), sys.argv[2:])
