@@ -21,7 +21,7 @@ demo: setup
 	$(BIN)/python -m isaac_train.demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache
