@@ -162,7 +162,7 @@ def structure(directory: Path) -> tuple[str | None, dict[str, dict]]:
         return f"{TRAINER_STATE} is not in {MANIFEST} (every checkpoint has one)", {}
     try:
         state = json.loads((directory / TRAINER_STATE).read_text())
-        required, what = required_files(directory, state)
+        required, what = required_files(directory, state, limit=len(files) + 1)
     except ValueError as err:  # JSON, an unknown format, an unreadable .metadata: said by the error
         return str(err) if str(err).startswith(("dcp/", TRAINER_STATE)) else \
             f"{TRAINER_STATE} is unreadable: {err}", {}
@@ -214,9 +214,11 @@ def check_share(directory: Path, rank: int, world_size: int) -> tuple[list[str],
     return names, check_files(directory, files, names)
 
 
-def required_files(directory: Path, state: dict) -> tuple[list[str], str]:
+def required_files(directory: Path, state: dict, limit: int | None = None) -> tuple[list[str], str]:
     """The files a checkpoint must hold, from its trainer_state.json `state` (format, strategy, world_size), and
-    what kind of checkpoint that is, in words. Raises ValueError saying why when the state names none we know."""
+    what kind of checkpoint that is, in words. Raises ValueError saying why when the state names none we know.
+    `limit`: name the per-rank files of at most this many ranks (a world_size past the manifest's length cannot
+    be met anyway, and a damaged one must not make a list of a billion names)."""
     fmt = state.get("format", "full")
     world = state.get("world_size", 1)
     if not isinstance(world, int) or isinstance(world, bool) or world < 1:
@@ -231,7 +233,8 @@ def required_files(directory: Path, state: dict) -> tuple[list[str], str]:
     if key not in FORMAT_FILES:
         raise ValueError(f"{TRAINER_STATE} names an unknown format {fmt!r} (expected full, dcp or deepspeed)")
     once, per_rank = FORMAT_FILES[key]
-    names = [*EVERY_CHECKPOINT, *once] + [t.format(rank=r) for t in (*PER_RANK, *per_rank) for r in range(world)]
+    ranks = range(world if limit is None else min(world, limit))
+    names = [*EVERY_CHECKPOINT, *once] + [t.format(rank=r) for t in (*PER_RANK, *per_rank) for r in ranks]
     if fmt == "dcp":
         names += [f"dcp/{rel}" for rel in dcp_data_files(directory / "dcp")]
     return names, f"a {key.replace('/', ' ')} checkpoint of {world} rank{'s' if world > 1 else ''}"

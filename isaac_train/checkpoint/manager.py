@@ -179,11 +179,11 @@ class CheckpointManager:
         return reason
 
     def resume_point(self, env: DistEnv) -> Path | None:
-        """The checkpoint to resume from, the same on every rank (every rank calls this): rank 0 removes what an
-        interrupted save left (and refuses, with RunDirError, a checkpoints folder it cannot write); then the
-        checkpoints are verified newest first (`verify_everywhere`), each one
-        that does not verify (a missing COMPLETE marker included) is logged with the reason and set aside as
-        `step_N.rejected`; `latest` is made to name the one chosen (repaired when it is not our symlink)."""
+        """The checkpoint to resume from, the same on every rank (every rank calls this). Rank 0 refuses a
+        checkpoints folder it cannot write (RunDirError, now rather than at the first save) and removes what an
+        interrupted save left; then the checkpoints are verified newest first (`verify_everywhere`), each one that
+        does not verify (a missing COMPLETE marker included) is logged with the reason and set aside as
+        `step_N.rejected`, and `latest` is made to name the one chosen (repaired when it is not our symlink)."""
         names, problem = None, None
         if env.is_main:
             try:  # found now, not after the steps up to the first save
