@@ -159,6 +159,21 @@ def test_export_reader_verifies_with_the_trainers_rules(straight, tmp_path, capl
         resolve_checkpoint(older)
 
 
+def test_world_size_past_the_manifest_is_refused(straight, tmp_path):
+    """A trainer_state.json claiming 10^9 ranks, with the manifest rewritten to match: refused at once, naming
+    the first rank state that is not there (not by listing 10^9 names)."""
+    from isaac_train.checkpoint import integrity
+
+    run = copy_run(straight, tmp_path / "run")
+    newest = run / "checkpoints" / f"step_{STEPS:07d}"
+    state = json.loads((newest / "trainer_state.json").read_text())
+    state["world_size"] = 10**9
+    (newest / "trainer_state.json").write_text(json.dumps(state))
+    integrity.write_manifest(newest, integrity.digest_share(newest, 0, 1))
+    reason = verify(newest)
+    assert reason.startswith("rank_00001.pt") and "of 1000000000 ranks" in reason, reason
+
+
 def test_every_checkpoint_damaged_starts_over(train_shards, straight, tmp_path, caplog):
     run = copy_run(straight, tmp_path / "run")
     for step in (2, 4, 6):
