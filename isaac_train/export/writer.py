@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,12 @@ class ExportSummary:
         ]
 
 
+def is_peft_model(model: nn.Module) -> bool:
+    """A peft model (LoRA)? Asked without importing peft: a PeftModel exists only once peft has been imported."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
 def merged_copy(model: nn.Module, in_place: bool = False) -> nn.Module:
     """A plain IsaacForConditionalGeneration: LoRA merged into a copy when the model is a peft model (into `model`
     itself with `in_place`, for a copy the caller made already)."""
@@ -106,9 +113,7 @@ def merged_copy(model: nn.Module, in_place: bool = False) -> nn.Module:
 
     if isinstance(model, IsaacForConditionalGeneration):
         return model if in_place else sharing_copy(model, {})
-    from peft import PeftModel
-
-    if isinstance(model, PeftModel):
+    if is_peft_model(model):
         if in_place:
             return model.merge_and_unload()
         merged = lora_merged_weights(model)
@@ -248,9 +253,7 @@ def export_model(model: nn.Module, processor, out_dir: str | Path, cfg=None, lay
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: choose auto, fp32 or bf16")
     torch_dtype = DTYPES[dtype]
-    from peft import PeftModel
-
-    is_lora = isinstance(model, PeftModel)
+    is_lora = is_peft_model(model)
     if lora == "adapter" and not is_lora:
         raise ValueError("lora=adapter but the model has no LoRA adapter (peft=none): export merged weights")
     if lora == "adapter" and base is None:

@@ -72,3 +72,26 @@ def test_auto_classes_know_isaac_in_any_import_order(first):
     result = fresh(first + "\n" + textwrap.dedent(CONTRACT))
     assert result == {"config": True, "causal_lm": True, "image_text": True, "model": True, "processor": True,
                       "image_processor": True, "finder_left": []}
+
+
+def test_exporting_a_model_without_lora_never_imports_peft(tmp_path):
+    """Export asks whether the model is a peft model; peft itself (0.2-1 s) comes only with LoRA. (transformers'
+    save_pretrained still imports deepspeed, when installed, through accelerate's unwrap_model: not ours.)"""
+    seen = fresh(f"""
+        import json, sys
+        from isaac_train.export.writer import export_model, is_peft_model
+        from isaac_train.model import IsaacForConditionalGeneration
+        from isaac_train.model.tiny import tiny_config
+        from isaac_train.processing.processor import IsaacProcessor
+        from isaac_train.processing.tiny_tokenizer import build_tiny_tokenizer
+
+        model = IsaacForConditionalGeneration(tiny_config(attn_backend="sdpa"))
+        processor = IsaacProcessor.from_settings(build_tiny_tokenizer(), tiny_config())
+        export_model(model, processor, {str(tmp_path / "hf")!r}, verify=False, log=lambda *_: None)
+        plain = [is_peft_model(model), "peft" in sys.modules]
+        from peft import LoraConfig, get_peft_model
+
+        lora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+        print(json.dumps({{"plain": plain, "lora": is_peft_model(lora)}}))
+    """)
+    assert seen == {"plain": [False, False], "lora": True}
