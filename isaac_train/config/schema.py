@@ -256,7 +256,8 @@ def validate(cfg: Config) -> None:
     _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas",
            "needs two values in [0, 1), e.g. optim.betas=[0.9,0.95]")
     _check(FP32_TINY <= o.eps < 1, "optim.eps",
-           f"{o.eps!r} must be in [1.2e-38, 1) (float32 holds a smaller one as 0 and 0/0 makes NaN weights; usual: 1e-8)")
+           f"{o.eps!r} must be in [1.2e-38, 1) (float32 holds a smaller one as 0 and 0/0 makes NaN weights; "
+           "usual: 1e-8)")
     _check(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     _check(0 <= o.warmup_steps < max(t.max_steps, 1), "optim.warmup_steps", "must be >= 0 and below train.max_steps")
     _check(0 < o.decay_fraction <= 1, "optim.decay_fraction", "must be in (0, 1]")

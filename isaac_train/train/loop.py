@@ -8,9 +8,10 @@ tokens, so gradient accumulation changes nothing but memory.
 
 Faults: a step whose loss or gradient norm is not finite (on any rank) changes nothing and is counted;
 `train.max_skipped_steps` of them in a row stop the run. An update that leaves a trainable weight non-finite (on
-any rank) stops the run with WeightsNotFinite, and no checkpoint of those weights is committed (train_step). SIGTERM / SIGUSR1 (to this process, to torchrun or to
-the whole process group) finish the current step on every rank, write a checkpoint and exit with
-REQUEUE_EXIT_CODE; the next start of the same command resumes from the newest checkpoint that verifies. A rank
+any rank) stops the run with WeightsNotFinite, and no checkpoint of those weights is committed (train_step).
+SIGTERM / SIGUSR1 (to this process, to torchrun or to the whole process group) finish the current step on every
+rank, write a checkpoint and exit with REQUEUE_EXIT_CODE, also before the first step (distributed/lifecycle.py);
+the next start of the same command resumes from the newest checkpoint that verifies. A rank
 that stalls or dies is named by the others (distributed/watchdog.py).
 """
 

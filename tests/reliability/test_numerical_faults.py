@@ -7,7 +7,6 @@ optimizer step, on one rank of two) stops the run and no checkpoint of those wei
 from __future__ import annotations
 
 import json
-
 import subprocess
 
 import pytest

@@ -4,9 +4,9 @@ are ones that stop root too: a read-only bind mount (EROFS) and an immutable dir
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
-import os
 import subprocess
 import time
 from contextlib import contextmanager
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ..train.conftest import run_cli
-from .conftest import last_step, start_injected, tiny_overrides
+from .conftest import start_injected, tiny_overrides
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
