@@ -14,4 +14,5 @@ import sys
 
 if os.environ.get("COUNT_INTERPRETERS"):
     with open(os.environ["COUNT_INTERPRETERS"], "a") as log:
-        log.write(f"{os.getpid()} {' '.join(sys.orig_argv[1:4])}\n")
+        command = " ".join(sys.orig_argv[1:4]).replace("\n", " ")[:200]  # a -c script on one line
+        log.write(f"{os.getpid()} {command}\n")
