@@ -8,9 +8,9 @@ and processor classes below are imported on first use (PEP 562).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .lazy import lazy_getattr
 from .registration_hook import register_when_transformers_loads, registered_on_access
 
 if TYPE_CHECKING:
@@ -40,13 +40,8 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'isaac_train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    registered_on_access()  # whoever holds an Isaac class can rely on the Auto classes knowing it
-    globals()[name] = value
-    return value
+# whoever holds an Isaac class can rely on the Auto classes knowing it
+__getattr__ = lazy_getattr(__name__, _LAZY, on_load=registered_on_access)
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,9 @@ The names below are imported on first use (PEP 562): `isaac-eval --help` must no
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .generate import generate_answers, generate_batch
@@ -40,9 +41,4 @@ __all__ = ["EvalResult", "EvalSample", "EvalSet", "chosen_option", "contains", "
            "summarize", "wilson_interval", "write_results"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -6,9 +6,10 @@ The names below are imported on first use (PEP 562): `isaac-export --help` must 
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from .reader import TrainedRun, load_trained, resolve_checkpoint
@@ -31,12 +32,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, log=print, **
     return export_model(run.model, run.processor, out_dir, cfg=run.cfg, log=log, **options)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = ["ExportSummary", "ExportVerificationError", "TrainedRun", "export_checkpoint", "export_model",
