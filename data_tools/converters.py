@@ -350,7 +350,7 @@ def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | N
     """The converter of `fmt` for `input_path`; `options` go to its constructor: data_files, split, cache_dir for
     hf-dataset (and obelics, mmc4, refcoco); group, refs, refs_split, include_crowd for coco (data_tools/coco.py);
     drop_missing_images, url_names for documents-jsonl, obelics and mmc4, image_position for mmc4
-    (data_tools/interleaved.py)."""
+    (data_tools/interleaved.py); data_files, split, cache_dir for the preference formats (data_tools/preference.py)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     root = Path(image_root) if image_root is not None else None
@@ -359,6 +359,6 @@ def build_converter(fmt: str, input_path: str | Path, image_root: str | Path | N
     return FORMATS[fmt](Path(input_path), root, **options)
 
 
-# coco (data_tools/coco.py), refcoco (data_tools/refcoco.py) and the interleaved formats (data_tools/interleaved.py)
-# build on the classes above and add themselves to FORMATS.
-from . import coco, interleaved, refcoco  # noqa: E402,F401
+# coco (data_tools/coco.py), refcoco (data_tools/refcoco.py), the interleaved formats (data_tools/interleaved.py)
+# and the preference formats (data_tools/preference.py) build on the classes above and add themselves to FORMATS.
+from . import coco, interleaved, preference, refcoco  # noqa: E402,F401

@@ -13,6 +13,10 @@
 - a directory of parquet files with RefCOCO's columns (a download of the hub's dataset repository) -> refcoco;
 - any other directory holding images (or captions.jsonl / metadata.jsonl) -> image-folder.
 
+A record, a JSON list's first entry or a dataset with `chosen` and `rejected` is a preference pair
+(data_tools/preference.py `preference_kind`, looked at first): with `conversations`, `messages` or `instruction`
+-> llamafactory-preference, with `question` -> rlaif-v, else (`prompt`, or TRL's implicit prompt) -> trl-preference.
+
 Anything else is refused with InputError naming the formats (--format is then needed).
 """
 
@@ -25,6 +29,7 @@ from typing import Any
 
 from .converters import CAPTION_FILES, FORMATS, IMAGE_EXTENSIONS, InputError
 from .interleaved import Mmc4, Obelics
+from .preference import preference_kind
 from .refcoco import LAYOUTS, Refcoco
 
 PEEK_LINES = 1000  # non-blank lines tried for the first record that parses
@@ -55,6 +60,9 @@ def record_format(obj: dict[str, Any]) -> tuple[str, tuple[str, ...]] | None:
     """The format a JSON record's keys say, with those keys; None when none fits."""
     if COCO_KEYS <= set(obj):
         return "coco", tuple(sorted(COCO_KEYS))
+    found = preference_kind(obj)  # `chosen` + `rejected`: before `messages` / `conversations`, which pairs hold too
+    if found is not None:
+        return found
     for fmt, keys in RECORD_KINDS:
         if all(obj.get(k) is not None for k in keys):
             return fmt, keys
@@ -62,7 +70,11 @@ def record_format(obj: dict[str, Any]) -> tuple[str, tuple[str, ...]] | None:
 
 
 def dataset_format(columns: list[str]) -> str:
-    """The format of a Hugging Face dataset with these columns (hf-dataset unless OBELICS or MMC4 columns)."""
+    """The format of a Hugging Face dataset with these columns (hf-dataset unless OBELICS, MMC4, RefCOCO or
+    preference columns)."""
+    found = preference_kind(columns)
+    if found is not None:
+        return found[0]
     if "messages" in columns or "conversations" in columns:
         return "hf-dataset"
     return next((fmt for fmt, need in DATASET_KINDS if set(need) <= set(columns)), "hf-dataset")
@@ -138,6 +150,9 @@ def _list_format(path: Path, head: str) -> tuple[str, str]:
         entry, _ = json.JSONDecoder().raw_decode(head, start)
     except json.JSONDecodeError:
         return "llava", f"{path.name} holds a JSON list (its first entry is longer than {LIST_HEAD:,} bytes)"
+    found = preference_kind(entry) if isinstance(entry, dict) else None
+    if found is not None:
+        return found[0], f"{path.name} is a JSON list whose first entry has {_keys(found[1])}"
     if isinstance(entry, dict) and "conversations" in entry:
         return "llava", f"{path.name} is a JSON list whose first entry has 'conversations'"
     keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__

@@ -3,7 +3,9 @@
 For each sample: its key, shard, source and id; the text as the processor renders it, with `<image>` where each
 image goes and the tokens that carry loss (labels) in `[[ ]]` (green on a colour terminal); per image its size,
 mode and format and the patch grid and decoder-token count the processor gives it; the sample's token and
-label-token counts. A sample the loader would skip is shown with its reason.
+label-token counts. A sample the loader would skip is shown with its reason. A preference pair (`chosen` +
+`rejected`) is shown as objective=dpo processes it (`decode.encode_pair`): its two documents, prompt + chosen and
+prompt + rejected, each with its answer's labels, never truncated (too_long when the two exceed --max-length).
 
     isaac-data inspect /data/sft -n 3
     isaac-data inspect /data/sft --keys 000000017,000000018 --render /tmp/look   # then open /tmp/look/index.html
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import PIL.Image
 from tqdm import tqdm
 
+from isaac_train.data import decode
 from isaac_train.data.decode import SkipSample, encode_members, image_members, parse_sample
 from isaac_train.data.records import Skip, open_image
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
@@ -93,6 +96,14 @@ class Inspection:
     reason: str | None = None
     message: str = ""
     raw_json: str = ""
+    # a preference pair: `pieces` / the counts above are the prompt + chosen document, these the prompt + rejected
+    rejected_pieces: list[Piece] = field(default_factory=list)
+    rejected_tokens: int = 0
+    rejected_label_tokens: int = 0
+
+    @property
+    def is_pair(self) -> bool:
+        return self.kind == "preference"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,9 +197,14 @@ def label_pieces(sample: EncodedSample, processor: IsaacProcessor) -> list[Piece
     return pieces
 
 
-def _plain_text(kind: str, items: list[dict[str, Any]], processor: IsaacProcessor) -> str | None:
-    """The rendered text with `<image>` markers, for a sample that could not be encoded (None if it cannot be)."""
+def _plain_text(kind: str, items: list[dict[str, Any]], processor: IsaacProcessor,
+                obj: dict[str, Any] | None = None) -> str | None:
+    """The rendered text with `<image>` markers, for a sample that could not be encoded (None if it cannot be);
+    a preference pair's two documents (prompt + chosen, prompt + rejected) one after the other."""
     try:
+        if kind == "preference" and obj is not None:
+            return "\n".join(f"--- prompt + {side}:\n{processor.apply_chat_template(items + obj[side])}"
+                             for side in ("chosen", "rejected"))
         if kind == "chat":
             return processor.apply_chat_template(items)
         return processor.flatten_messages([{"role": "document", "content": items}])[0]["content"]
@@ -213,8 +229,9 @@ def inspect_sample(shards: ShardSet, shard: int, position: int, config: ScanConf
             out.source, out.sample_id = obj.get("source"), obj.get("id")
     except (UnicodeDecodeError, json.JSONDecodeError):
         pass
+    obj: dict[str, Any] | None = None
     try:
-        out.kind, items, images, _ = parse_sample(members)
+        out.kind, items, images, obj = parse_sample(members)
         names = [next(s for s, b in members.items() if b is data) for data in images]
     except SkipSample as err:
         out.reason, out.message = err.reason, clean_message(str(err))
@@ -224,6 +241,8 @@ def inspect_sample(shards: ShardSet, shard: int, position: int, config: ScanConf
                                                                                                 strict=True))]
     if out.reason is not None:
         return out
+    if out.is_pair:
+        return _inspect_pair(out, members, items, obj, config)
     try:
         sample = encode_members(members, processor, config.max_length, config.length_policy)
     except SkipSample as err:
@@ -240,10 +259,29 @@ def inspect_sample(shards: ShardSet, shard: int, position: int, config: ScanConf
     return out
 
 
-def format_pieces(ins: Inspection, vision_token: str, color: bool) -> str:
-    """The sample's text with `<image>` markers and label runs bracketed (or coloured)."""
+def _inspect_pair(out: Inspection, members: dict[str, bytes], items: list[dict[str, Any]], obj: dict[str, Any] | None,
+                  config: ScanConfig) -> Inspection:
+    """A preference pair's two documents, as objective=dpo encodes them."""
+    processor = config.processor
+    try:
+        chosen, rejected = decode.encode_pair(members, processor, config.max_length)
+    except SkipSample as err:
+        out.reason, out.message = err.reason, clean_message(str(err))
+        out.plain_text = _plain_text("preference", items, processor, obj)
+        return out
+    except Exception as err:  # noqa: BLE001 - shown, as validate reports it
+        out.reason, out.message = "unhandled_error", f"{type(err).__name__}: {err}"
+        return out
+    out.pieces, out.rejected_pieces = label_pieces(chosen, processor), label_pieces(rejected, processor)
+    out.tokens, out.label_tokens = len(chosen), chosen.num_label_tokens
+    out.rejected_tokens, out.rejected_label_tokens = len(rejected), rejected.num_label_tokens
+    return out
+
+
+def format_pieces(ins: Inspection, vision_token: str, color: bool, pieces: list[Piece] | None = None) -> str:
+    """The sample's text (or `pieces`) with `<image>` markers and label runs bracketed (or coloured)."""
     parts = []
-    for kind, value in ins.pieces:
+    for kind, value in ins.pieces if pieces is None else pieces:
         if kind == "image":
             parts.append(f"{ANSI_IMAGE}{vision_token}{ANSI_RESET}" if color else vision_token)
         elif kind == "label":
@@ -269,12 +307,22 @@ def print_inspection(ins: Inspection, vision_token: str, color: bool) -> None:
             print(f"json: {ins.raw_json[:1000]}")
         print()
         return
+    legend = "labels in green" if color else f"labels in {LABEL_OPEN} {LABEL_CLOSE}"
+    if ins.is_pair:
+        shown = sum(k == "image" for k, _ in ins.pieces)
+        print(f"preference pair: tokens {ins.tokens + ins.rejected_tokens} (chosen {ins.tokens} + rejected "
+              f"{ins.rejected_tokens}, one row, never truncated)   label tokens: chosen {ins.label_tokens}, "
+              f"rejected {ins.rejected_label_tokens}   images: {shown}{' (both documents)' if shown else ''}")
+        for side, pieces in (("chosen", ins.pieces), ("rejected", ins.rejected_pieces)):
+            print(f"prompt + {side} ({legend}, {vision_token} where an image goes):")
+            print(_indent(format_pieces(ins, vision_token, color, pieces)))
+        print()
+        return
     cut = ""
     if ins.untruncated_tokens is not None and ins.untruncated_tokens != ins.tokens:
         cut = f" (cut from {ins.untruncated_tokens} to fit --max-length)"
     print(f"tokens: {ins.tokens}{cut}   label tokens: {ins.label_tokens}   images: "
           f"{sum(k == 'image' for k, _ in ins.pieces)}")
-    legend = "labels in green" if color else f"labels in {LABEL_OPEN} {LABEL_CLOSE}"
     print(f"text ({legend}, {vision_token} where an image goes):")
     print(_indent(format_pieces(ins, vision_token, color)))
     print()
@@ -312,21 +360,17 @@ def render_html(ins: Inspection, out_dir: Path, vision_token: str) -> Path:
     for image in ins.images:
         if image.png is not None:
             (out_dir / f"{name}.{image.index}.png").write_bytes(image.png)
-    text_parts = []
-    for kind, value in ins.pieces:
-        if kind == "image":
-            image = ins.images[value]
-            img = f'<img src="{_data_uri(image.png)}" alt="image {value}">' if image.png else ""
-            text_parts.append(f"{html.escape(vision_token)}{img}")
-        elif kind == "label":
-            text_parts.append(f"<mark>{html.escape(value)}</mark>")
-        else:
-            text_parts.append(html.escape(value))
     if ins.reason is not None:
         body_text = html.escape(ins.plain_text if ins.plain_text is not None else ins.raw_json)
         status = f'<p class="skip">skipped by the loader: {html.escape(ins.reason)}: {html.escape(ins.message)}</p>'
+    elif ins.is_pair:
+        body_text = "".join(f"<b>prompt + {side}</b>\n{_html_pieces(ins, pieces, vision_token)}\n\n"
+                            for side, pieces in (("chosen", ins.pieces), ("rejected", ins.rejected_pieces)))
+        status = (f"<p>preference pair: {ins.tokens + ins.rejected_tokens} tokens (chosen {ins.tokens} + rejected "
+                  f"{ins.rejected_tokens}), label tokens (<mark>highlighted</mark>): chosen {ins.label_tokens}, "
+                  f"rejected {ins.rejected_label_tokens}</p>")
     else:
-        body_text = "".join(text_parts)
+        body_text = _html_pieces(ins, ins.pieces, vision_token)
         status = (f"<p>{ins.tokens} tokens, {ins.label_tokens} label tokens "
                   f"(<mark>highlighted</mark>)" + (f", cut from {ins.untruncated_tokens}" if
                                                    ins.untruncated_tokens not in (None, ins.tokens) else "") + "</p>")
@@ -347,11 +391,27 @@ def render_html(ins: Inspection, out_dir: Path, vision_token: str) -> Path:
     return path
 
 
+def _html_pieces(ins: Inspection, pieces: list[Piece], vision_token: str) -> str:
+    """Text runs escaped, label runs marked, images embedded where they go."""
+    parts = []
+    for kind, value in pieces:
+        if kind == "image":
+            image = ins.images[value]
+            img = f'<img src="{_data_uri(image.png)}" alt="image {value}">' if image.png else ""
+            parts.append(f"{html.escape(vision_token)}{img}")
+        elif kind == "label":
+            parts.append(f"<mark>{html.escape(value)}</mark>")
+        else:
+            parts.append(html.escape(value))
+    return "".join(parts)
+
+
 def render_index(inspections: list[Inspection], out_dir: Path) -> Path:
     """OUT_DIR/index.html linking every sample page."""
     items = []
     for ins in inspections:
-        what = f"skipped: {ins.reason}" if ins.reason else f"{ins.tokens} tokens, {len(ins.images)} image(s)"
+        tokens = ins.tokens + ins.rejected_tokens
+        what = f"skipped: {ins.reason}" if ins.reason else f"{tokens} tokens, {len(ins.images)} image(s)"
         items.append(f"<li><a href=\"{safe_name(ins.key)}.html\">{html.escape(ins.key)}</a> "
                      f"({html.escape(str(ins.source or '-'))}, {html.escape(what)})</li>")
     path = out_dir / "index.html"

@@ -3,7 +3,8 @@
 Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, `coco` (COCO
 instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md), `refcoco` (RefCOCO/+/g from the
 Hugging Face hub -> the same, data_tools/refcoco.py), and the interleaved documents
-`documents-jsonl`, `obelics`, `mmc4` (data_tools/interleaved.py). Without --format the format is inferred from
+`documents-jsonl`, `obelics`, `mmc4` (data_tools/interleaved.py), and the preference (DPO) pairs `trl-preference`,
+`llamafactory-preference`, `rlaif-v` (data_tools/preference.py). Without --format the format is inferred from
 the input (data_tools/infer_format.py) and the inference printed. Records are read and checked (JSON, schema,
 every image decoded with PIL) in a pool of worker processes, in input order, and written by the main process
 through ShardWriter: the output bytes do not depend on the number of workers. Records that cannot be used are
@@ -39,7 +40,8 @@ from .interleaved import MMC4_POSITIONS, URL_NAMES
 
 REPORT_NAME = "make_shards_report.json"
 DOCUMENT_FORMATS = ("documents-jsonl", "obelics", "mmc4")  # take --drop-missing-images and --url-names
-HF_FORMATS = ("hf-dataset", "obelics", "mmc4", "refcoco")  # take --hf-data-files, --hf-split, --hf-cache-dir
+HF_FORMATS = ("hf-dataset", "obelics", "mmc4", "refcoco",  # take --hf-data-files, --hf-split, --hf-cache-dir
+              "trl-preference", "llamafactory-preference", "rlaif-v")
 ALL_SPLITS_FORMATS = ("refcoco",)  # without --hf-split: every split (else: train)
 EXAMPLES_PER_REASON = 5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -80,12 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample keys: running numbers 000000123 (default) or the sanitised original ids")
     parser.add_argument("--overwrite", action="store_true", help="replace the shards already in OUT_DIR")
     parser.add_argument("--hf-data-files", action="append", default=None, metavar="FILES",
-                        help="hf-dataset, obelics, mmc4, refcoco: local data files or a glob (repeatable); INPUT "
-                             "is then their type")
-    parser.add_argument("--hf-split", default=None, help="hf-dataset, obelics, mmc4: the split to convert (train); "
-                        "refcoco: the one split to keep (default: every split)")
-    parser.add_argument("--hf-cache-dir", default=None, help="hf-dataset, obelics, mmc4, refcoco: cache for "
-                        "--hf-data-files (HF default)")
+                        help="hf-dataset, obelics, mmc4, refcoco, the preference formats: local data files or a "
+                             "glob (repeatable); INPUT is then their type")
+    parser.add_argument("--hf-split", default=None, help="hf-dataset, obelics, mmc4, the preference formats: the split "
+                        "to convert (train); refcoco: the one split to keep (default: every split)")
+    parser.add_argument("--hf-cache-dir", default=None, help="the formats taking --hf-data-files: cache "
+                        "for --hf-data-files (HF default)")
     parser.add_argument("--drop-missing-images", action="store_true",
                         help="documents-jsonl, obelics, mmc4: leave out an image that is missing, unreadable or too "
                              "large (counted as dropped_images) instead of skipping its document")

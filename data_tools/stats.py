@@ -8,7 +8,10 @@ choose) to its longest sample. Both count only samples that fit a row (<= seq_le
 
 Document samples (`segments`) also get their layout: images per document and the text tokens between each two
 consecutive images (each text piece tokenized alone, as the processor does), counted on the documents as stored,
-before --max-length truncation. The histogram (--png) is drawn with matplotlib (`pip install -e '.[plot]'`).
+before --max-length truncation. A preference pair (`chosen` + `rejected`) counts as the one packing unit that
+objective=dpo trains on: its two documents (prompt + chosen, prompt + rejected) together, its images once, never
+truncated; its answers get their own numbers (tokens and label tokens of each side). The histogram (--png) is
+drawn with matplotlib (`pip install -e '.[plot]'`).
 
     isaac-data stats /data/sft --seq-len 4096 --png lengths.png --json stats.json
 """
@@ -87,6 +90,7 @@ def packing_report(lengths: Sequence[int], patches: Sequence[int], seq_len: int,
 
 
 COLUMNS = ("tokens", "label_tokens", "images", "patches", "image_tokens")
+PAIR_COLUMNS = ("chosen_tokens", "rejected_tokens", "chosen_label_tokens", "rejected_label_tokens")  # SampleRecord.pair
 
 
 class Tally:
@@ -100,6 +104,7 @@ class Tally:
         self.sources: dict[str, dict[str, int]] = {}
         self.document_images = array("q")  # per usable document sample
         self.image_gaps = array("q")  # text tokens between two consecutive images, every gap of every document
+        self.pair_columns: dict[str, array] = {name: array("q") for name in PAIR_COLUMNS}  # per usable pair
 
     def add(self, record: SampleRecord) -> None:
         """Count one scanned sample (and, for a document, its layout)."""
@@ -110,6 +115,9 @@ class Tally:
         if record.layout is not None:
             self.document_images.append(record.layout[0])
             self.image_gaps.extend(record.layout[1])
+        if record.pair is not None:
+            for name, value in zip(PAIR_COLUMNS, record.pair, strict=True):
+                self.pair_columns[name].append(value)
         for name in COLUMNS:
             self.columns[name].append(getattr(record, name))
         s = self.sources.setdefault(record.source or "-", {"samples": 0, "tokens": 0, "label_tokens": 0, "images": 0})
@@ -137,6 +145,8 @@ def compute_stats(tally: Tally, args: argparse.Namespace, max_length: int) -> di
             "images_per_document": describe(tally.document_images),
             "text_tokens_between_images": {"gaps": len(tally.image_gaps), **describe(tally.image_gaps)},
         },
+        "pairs": {"samples": len(tally.pair_columns["chosen_tokens"]),
+                  **{name: describe(values) for name, values in tally.pair_columns.items()}},
         "packing": packing_report(lengths, patches, args.seq_len, args.max_patches, args.buffer, args.pad_batch),
     }
 
@@ -163,6 +173,16 @@ def print_stats(stats: dict[str, Any]) -> None:
             print(f"{name:<26} {d['total']:>12,} {d['mean']:>9.1f} {d['median']:>9.1f} {d['p95']:>9.1f} "
                   f"{d['max']:>8,}")
         print(f"  (text tokens between images: per gap between two consecutive images, {gaps['gaps']:,} gap(s))")
+    pairs = stats["pairs"]
+    if pairs["samples"]:
+        print(f"\npreference pairs: {pairs['samples']:,} of {s['ok']:,} usable samples (each counted above as its "
+              "two documents, prompt + chosen and prompt + rejected, its images once)")
+        print(f"{'per pair':<22} {'total':>12} {'mean':>9} {'median':>9} {'p95':>9} {'max':>8}")
+        for name in PAIR_COLUMNS:
+            d = pairs[name]
+            print(f"{name:<22} {d['total']:>12,} {d['mean']:>9.1f} {d['median']:>9.1f} {d['p95']:>9.1f} "
+                  f"{d['max']:>8,}")
+        print("  (chosen/rejected tokens: each document, the prompt included; label tokens: the answer's)")
     if len(stats["by_source"]) > 1 or "-" not in stats["by_source"]:
         print(f"\n{'source':<24} {'samples':>9} {'tokens':>12} {'label tok':>12} {'images':>8}")
         for name, d in stats["by_source"].items():

@@ -3,7 +3,9 @@
 DATA is anything ShardSet accepts: a dataset directory holding index.json, an index.json, a brace pattern
 (`/data/sft-{000000..000127}.tar`) or a glob. Each sample is read by its byte range (`shards.read_sample`) and
 decoded and processed as the loader does (`decode.encode_members`), so every sample the loader would skip shows
-up here under the loader's reason (`decode.SKIP_REASONS`). `--check-sha` also checks each tar's size and sha256
+up here under the loader's reason (`decode.SKIP_REASONS`). A preference pair (`chosen` + `rejected`) is processed
+as objective=dpo does (`decode.encode_pair`): both answers after the prompt, never truncated, too_long when the
+two together exceed --max-length. `--check-sha` also checks each tar's size and sha256
 against its manifest. Work is spread over a process pool (`--workers`); the output order is the data's order
 whatever the worker count.
 
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from isaac_train.data import decode
 from isaac_train.data.decode import SkipSample, encode_members, parse_sample
 from isaac_train.data.records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from isaac_train.data.shards import SampleReadError, ShardSet, read_sample
@@ -137,6 +140,9 @@ class SampleRecord:
     # with ScanConfig.layouts, a usable document's layout: its images and the text tokens between each two
     # consecutive images (None for a conversation)
     layout: tuple[int, list[int]] | None = None
+    # a usable preference pair: (chosen tokens, rejected tokens, chosen label tokens, rejected label tokens), each
+    # document holding the prompt and its answer; the record's counts are the pair's (both documents, images once)
+    pair: tuple[int, int, int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -164,14 +170,18 @@ def clean_message(message: str) -> str:
     return _ADDRESS.sub("", message)
 
 
-def _source(members: dict[str, bytes]) -> str | None:
-    """The sample's `source` field, when its JSON parses and has one."""
+def _peek(members: dict[str, bytes]) -> dict[str, Any]:
+    """The sample's JSON object, {} when it does not parse to one (parse_sample reports why)."""
     try:
         obj = json.loads(members["json"])
     except (KeyError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    source = obj.get("source") if isinstance(obj, dict) else None
-    return source if isinstance(source, str) else None
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def is_pair(obj: dict[str, Any]) -> bool:
+    """A preference pair's JSON, by parse_sample's rule: `messages` with `chosen` or `rejected`."""
+    return "messages" in obj and ("chosen" in obj or "rejected" in obj)
 
 
 def scan_sample(shards: ShardSet, shard: int, position: int, config: ScanConfig) -> SampleRecord:
@@ -180,7 +190,10 @@ def scan_sample(shards: ShardSet, shard: int, position: int, config: ScanConfig)
     record = SampleRecord(ref.shard, position, ref.key)
     try:
         members = read_sample(ref)
-        record.source = _source(members)
+        obj = _peek(members)
+        record.source = obj.get("source") if isinstance(obj.get("source"), str) else None
+        if is_pair(obj):
+            return _scan_pair(record, members, config)
         sample = encode_members(members, config.processor, config.max_length, config.length_policy)
     except (SampleReadError, SkipSample) as err:
         record.reason, record.message = err.reason, clean_message(str(err))
@@ -196,6 +209,19 @@ def scan_sample(shards: ShardSet, shard: int, position: int, config: ScanConfig)
     record.image_tokens = int((sample.input_ids == config.processor.image_token_id).sum())
     if config.layouts:
         record.layout = document_layout(members, config.processor)
+    return record
+
+
+def _scan_pair(record: SampleRecord, members: dict[str, bytes], config: ScanConfig) -> SampleRecord:
+    """A preference pair's record: both documents' tokens and labels, the prompt's images once (the pair's two
+    documents share them, as objective=dpo packs them)."""
+    chosen, rejected = decode.encode_pair(members, config.processor, config.max_length)
+    record.tokens = len(chosen) + len(rejected)
+    record.label_tokens = chosen.num_label_tokens + rejected.num_label_tokens
+    record.images = int(chosen.image_grid_hw.shape[0])
+    record.patches = 0 if chosen.pixel_values is None else int(chosen.pixel_values.shape[0])
+    record.image_tokens = sum(int((s.input_ids == config.processor.image_token_id).sum()) for s in (chosen, rejected))
+    record.pair = (len(chosen), len(rejected), chosen.num_label_tokens, rejected.num_label_tokens)
     return record
 
 
