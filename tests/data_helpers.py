@@ -68,3 +68,28 @@ def make_checkpoint(out: Path, config: dict | None = None, keys: tuple[str, ...]
     build_tiny_tokenizer().save_pretrained(out)
     save_file({k: torch.zeros(2, 2) for k in keys}, str(out / "model.safetensors"))
     return out
+
+
+def pair_sample(i: int, rng: np.random.Generator, images: int | None = None) -> tuple[dict, list[tuple[str, bytes]]]:
+    """A preference pair in the stored form (docs/data_format.md): a prompt with 0-2 images, two different answers."""
+    n_images = int(rng.integers(0, 3)) if images is None else images
+    q = " ".join(rng.choice(WORDS, int(rng.integers(3, 10))))
+    chosen = " ".join(rng.choice(WORDS, int(rng.integers(1, 12))))
+    rejected = " ".join(rng.choice(WORDS, int(rng.integers(1, 12)))) + " no"
+    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": f"Pair {i}: {q}?"}]
+    pictures = [(f"{k}.png", encode_image(*(int(x) for x in rng.integers(16, 64, 2)), i * 10 + k))
+                for k in range(n_images)]
+    sample = {"source": "unit", "messages": [{"role": "user", "content": content}],
+              "chosen": [{"role": "assistant", "content": chosen}],
+              "rejected": [{"role": "assistant", "content": rejected}]}
+    return sample, pictures
+
+
+def make_pair_shards(out: Path, n: int, per_shard: int = 10, seed: int = 0, prefix: str = "pairs") -> Path:
+    rng = np.random.default_rng(seed)
+    writer = ShardWriter(out, prefix=prefix, max_count=per_shard)
+    for i in range(n):
+        sample, images = pair_sample(i, rng)
+        writer.write(f"{prefix}{i:06d}", sample, images)
+    writer.close()
+    return out

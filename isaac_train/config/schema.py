@@ -137,6 +137,21 @@ class LoggingConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What the loop optimises (objectives/): sft (token cross-entropy) or dpo (preference pairs). Loss types and
+    names as TRL names them (DPOTrainer loss_type sigmoid / ipo; SimPO as in TRL's CPOTrainer)."""
+
+    name: str = "sft"  # sft | dpo
+    loss_type: str = "sigmoid"  # dpo: sigmoid | ipo | simpo (reference-free, length-normalised)
+    beta: float = 0.1  # dpo: the KL strength (TRL's default 0.1; SimPO papers use 2.0 to 2.5)
+    label_smoothing: float = 0.0  # dpo sigmoid / simpo: the assumed probability that a pair's labels are flipped
+    simpo_gamma: float = 0.5  # simpo: the target reward margin (TRL's simpo_gamma)
+    rpo_alpha: float | None = None  # dpo: weight of an NLL term on the chosen answer (RPO); null: none
+    reference: str = "auto"  # dpo: auto (adapters disabled under LoRA, else a frozen copy) | adapters | copy | none
+    vision_per_pair: bool = True  # dpo: a pair's two documents share one pass of the vision tower
+
+
+@dataclass
 class RunConfig:
     output_dir: str = "runs/demo"
     name: str | None = None
@@ -156,6 +171,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     recipe: str | None = None  # the recipe's name, set by the recipe file (informational)
 
 
@@ -274,5 +290,26 @@ def validate(cfg: Config) -> None:
     _check(bool(cfg.run.output_dir), "run.output_dir", "must be set")
     _check(cfg.run.export_dtype in ("auto", "fp32", "bf16"), "run.export_dtype", "choose auto, fp32 or bf16")
     _check(cfg.run.export_lora in ("merge", "adapter"), "run.export_lora", "choose merge or adapter")
+    _check_objective(cfg.objective, p)
     _check(cfg.run.export_lora != "adapter" or (p.kind == "lora" and m.pretrained is not None), "run.export_lora",
            "adapter needs peft=lora and a base checkpoint (model.pretrained); use run.export_lora=merge")
+
+
+def _check_objective(ob: ObjectiveConfig, p: PeftConfig) -> None:
+    _check(ob.name in ("sft", "dpo"), "objective", f"{ob.name!r}; choose objective=sft or objective=dpo")
+    if ob.name != "dpo":
+        return
+    _check(ob.loss_type in ("sigmoid", "ipo", "simpo"), "objective.loss_type",
+           f"{ob.loss_type!r}; choose sigmoid, ipo or simpo")
+    _check(0 < ob.beta < math.inf, "objective.beta", f"{ob.beta!r} must be > 0 and finite (usual: 0.1; simpo 2.0)")
+    _check(0 <= ob.label_smoothing < 0.5, "objective.label_smoothing", "must be in [0, 0.5)")
+    _check(ob.loss_type != "ipo" or ob.label_smoothing == 0, "objective.label_smoothing",
+           "ipo has no label smoothing: set objective.label_smoothing=0")
+    _check(math.isfinite(ob.simpo_gamma) and ob.simpo_gamma >= 0, "objective.simpo_gamma", "must be >= 0 and finite")
+    _check(ob.rpo_alpha is None or 0 <= ob.rpo_alpha < math.inf, "objective.rpo_alpha", "must be >= 0, or null")
+    _check(ob.reference in ("auto", "adapters", "copy", "none"), "objective.reference",
+           f"{ob.reference!r}; choose auto, adapters, copy or none")
+    _check(ob.reference != "adapters" or p.kind == "lora", "objective.reference",
+           "adapters (the model with its LoRA adapters disabled) needs peft=lora; use auto or copy")
+    _check((ob.reference == "none") == (ob.loss_type == "simpo") or ob.reference == "auto", "objective.reference",
+           "none goes with objective.loss_type=simpo (reference-free) only, and simpo needs none (or auto)")

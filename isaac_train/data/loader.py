@@ -37,9 +37,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..processing.processor import IsaacProcessor
-from .decode import SkipSample, encode_members
+from .decode import SkipSample, encode_members, encode_pair
 from .order import mixture_choice, reader_order
-from .packing import PackedBatch, Packer, PackItem, item_from_sample
+from .packing import PackedBatch, Packer, PackItem, item_from_pair, item_from_sample
 from .records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from .seeding import SAMPLE_STREAM, WORKER_STREAM, derive_seed, seed_host, seeded_host
 from .shards import SampleReadError, ShardSet, read_sample
@@ -75,6 +75,8 @@ class LoaderSpec:
     min_samples_for_error_rate: int = 200
     num_workers: int = 2
     prefetch_factor: int = 2
+    pairs: bool = False  # preference pairs (objective=dpo): each sample two documents packed together, never cut
+    shared_pair_images: bool = True  # a pair's second document reuses the first's images (vision once per pair)
 
     def fingerprint(self, shard_sets: list[ShardSet]) -> str:
         stream = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "prefetch_factor",
@@ -83,6 +85,8 @@ class LoaderSpec:
                                                                                     strict=True)]
         if stream["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS:  # checkpoints from before the setting still resume
             del stream["max_image_pixels"]
+        if not stream["pairs"]:  # likewise from before objective=dpo
+            del stream["pairs"], stream["shared_pair_images"]
         return hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -173,10 +177,16 @@ class _Reader:
         ref = self.sets[source].ref(shard, position)
         try:
             # any draw while processing (an augmentation) is a function of the sample's address (seeding.py)
+            key = f"{self.spec.sources[source].name}/{ref.key}"
             with seeded_host(derive_seed(SAMPLE_STREAM, self.spec.seed, self.reader, source, epoch, index)):
-                sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len,
-                                        self.spec.length_policy, normalize_pixels=False)
-            item = item_from_sample(sample, address, f"{self.spec.sources[source].name}/{ref.key}")
+                if self.spec.pairs:
+                    chosen, rejected = encode_pair(read_sample(ref), self.processor, self.spec.seq_len,
+                                                   normalize_pixels=False)
+                    item = item_from_pair(chosen, rejected, address, key, self.spec.shared_pair_images)
+                else:
+                    sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len,
+                                            self.spec.length_policy, normalize_pixels=False)
+                    item = item_from_sample(sample, address, key)
             if not self.packer.fits(item):
                 raise SkipSample("too_long", f"{item.patches} patches exceed max_patches_per_row")
         except (SkipSample, SampleReadError) as err:

@@ -29,15 +29,24 @@ class PackItem:
     key: str
     positions: torch.Tensor  # (T, 3)
     image_tokens: int = 0  # decoder tokens that are image features
+    # A preference pair: this item is the prompt + chosen answer, `pair` the prompt + rejected answer, packed right
+    # after it in the same row (never split). `shared_images`: the pair's second document reuses the first's images
+    # (the vision tower encodes them once per pair).
+    pair: PackItem | None = None
+    shared_images: bool = False
 
     @property
     def length(self) -> int:
-        return len(self.sample)
+        return len(self.sample) + (self.pair.length if self.pair is not None else 0)
 
     @property
     def patches(self) -> int:
         pv = self.sample.pixel_values
-        return 0 if pv is None else int(pv.shape[0])
+        own = 0 if pv is None else int(pv.shape[0])
+        return own + (self.pair.patches if self.pair is not None and not self.shared_images else 0)
+
+    def documents(self) -> list[PackItem]:
+        return [self] if self.pair is None else [self, self.pair]
 
 
 def select_row(lengths: Sequence[int], patches: Sequence[int], seq_len: int, max_patches: int | None) -> list[int]:
@@ -118,6 +127,11 @@ class PackedBatch:
         return self.layout.num_label_tokens
 
     @property
+    def num_pairs(self) -> int:
+        """Preference pairs in the batch (objective=dpo)."""
+        return self.layout.num_groups // 2
+
+    @property
     def fill(self) -> float:
         return self.num_tokens / self.input_ids.numel()
 
@@ -145,23 +159,46 @@ def item_from_sample(sample: EncodedSample, address: Any, key: str) -> PackItem:
     return PackItem(sample, address, key, stream.position_ids()[0], image_tokens)
 
 
+def item_from_pair(chosen: EncodedSample, rejected: EncodedSample, address: Any, key: str,
+                   shared_images: bool = True) -> PackItem:
+    """A preference pair as one packing unit of two documents (prompt + chosen, prompt + rejected)."""
+    item = item_from_sample(chosen, address, key)
+    item.pair = item_from_sample(rejected, address, key)
+    item.shared_images = shared_images
+    return item
+
+
 def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> PackedBatch:
-    """Concatenate each row's samples, pad its tail, and gather images in order."""
+    """Concatenate each row's samples, pad its tail, and gather images in order. A preference pair's documents
+    are two segments (its chosen answer's label group 2k, its rejected 2k + 1, k counting pairs in the batch)."""
     ids, labels, positions, bounds, keys, patches, grids = [], [], [], [0], [], [], []
     padding = 0
     pad_segments: list[int] = []
+    segment_groups: list[int] = []  # per segment: its label group (pairs), -1 for none
+    image_order: list[int] = []  # per placeholder image: which encoded image fills it
+    pairs = encoded = 0
     for r, row in enumerate(rows):
         base = r * seq_len
         used = 0
         for item in row:
-            ids.append(item.sample.input_ids)
-            labels.append(item.sample.labels)
-            positions.append(item.positions)
-            used += item.length
-            bounds.append(base + used)
-            if item.sample.pixel_values is not None:
-                patches.append(item.sample.pixel_values)
-                grids.append(item.sample.image_grid_hw)
+            first_image = len(image_order)
+            for d, doc in enumerate(item.documents()):
+                ids.append(doc.sample.input_ids)
+                labels.append(doc.sample.labels)
+                positions.append(doc.positions)
+                used += len(doc.sample)
+                bounds.append(base + used)
+                segment_groups.append(2 * pairs + d if item.pair is not None else -1)
+                count = int(doc.sample.image_grid_hw.shape[0]) if doc.sample.pixel_values is not None else 0
+                if d == 1 and item.shared_images:
+                    image_order.extend(image_order[first_image:first_image + count])
+                    continue
+                if count:
+                    image_order.extend(range(encoded, encoded + count))
+                    encoded += count
+                    patches.append(doc.sample.pixel_values)
+                    grids.append(doc.sample.image_grid_hw)
+            pairs += item.pair is not None
         if used > seq_len:
             raise ValueError(f"row of {used} tokens exceeds seq_len={seq_len}")
         tail = seq_len - used
@@ -170,6 +207,7 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
             labels.append(torch.full((tail,), IGNORE_INDEX, dtype=torch.long))
             positions.append(torch.zeros(tail, 3, dtype=torch.long))
             pad_segments.append(len(bounds) - 1)
+            segment_groups.append(-1)
             bounds.append(base + seq_len)
             padding += tail
         keys.append([item.key for item in row])
@@ -178,8 +216,13 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
     label_rows = torch.cat(labels).view(b, seq_len)
     grid_hw = torch.cat(grids) if grids else torch.zeros(0, 2, dtype=torch.long)
     merge_tokens = sum(item.image_tokens for row in rows for item in row)
+    merge_tokens += sum(item.pair.image_tokens for row in rows for item in row if item.pair is not None)
     layout = PackedLayout.from_inputs(bounds, label_rows, frozenset(pad_segments),
                                       [tuple(g) for g in grid_hw.tolist()], merge_tokens)
+    if image_order != list(range(len(image_order))):
+        layout.image_order = image_order
+    if pairs:
+        layout.group_by_segment(segment_groups)
     return PackedBatch(
         input_ids=input_ids,
         labels=label_rows,

@@ -46,6 +46,17 @@ class FSDPStrategy(Strategy):
         return self.env.world_size > 1
 
     def setup(self, make_model, make_optimizer, make_scheduler) -> None:
+        self.make_model = make_model
+        self.model = self.sharded(make_model)
+        self.optimizer = make_optimizer(self.model)
+        self.scheduler = make_scheduler(self.optimizer)
+
+    def frozen_copy(self, make_frozen) -> nn.Module:
+        """Sharded as the policy is (same units, same mixed precision): each rank holds 1/world of it."""
+        return self.sharded(make_frozen).eval()
+
+    def sharded(self, make_model) -> nn.Module:
+        """Build on rank 0 (the structure elsewhere), shard, and broadcast rank 0's weights into the shards."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             get_model_state_dict,
@@ -53,7 +64,6 @@ class FSDPStrategy(Strategy):
         )
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        self.make_model = make_model
         device = self.env.device
         model = make_model("cpu" if self.env.is_main else "meta")
         full_state = get_model_state_dict(model) if self.env.is_main else {}
@@ -69,9 +79,7 @@ class FSDPStrategy(Strategy):
         set_model_state_dict(model, full_state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True))
         del full_state
-        self.model = model
-        self.optimizer = make_optimizer(model)
-        self.scheduler = make_scheduler(self.optimizer)
+        return model
 
     def local_weights(self) -> list[torch.Tensor]:
         """This rank's shards of the trainable weights (FSDP2 holds each parameter as a DTensor sharded on dim 0;

@@ -86,15 +86,30 @@ class Strategy:
                 return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def forward_backward(self, inputs: dict[str, Any], loss_scale: float | torch.Tensor) -> Any:
+    def forward_backward(self, inputs: dict[str, Any], loss_scale: float | torch.Tensor,
+                         loss_of: Callable[[Any], torch.Tensor] | None = None) -> Any:
         """Forward one micro-batch and backpropagate `loss_sum * loss_scale` (a number, or a 0-d tensor on the
         device so that the host never waits for the global label count). With more than one process every
         rank runs the vision tower (a blank image when its batch has none), so all ranks run the same
-        collectives and every trainable parameter has a gradient."""
+        collectives and every trainable parameter has a gradient. `loss_of(output)`: the objective's loss sum
+        (objectives/), else the token loss; the output's `loss_sum` is then the one backpropagated."""
         with self.autocast():
             out = self.model(**inputs, return_logits=False, keep_vision_graph=self.env.distributed)
+            if loss_of is not None:
+                out.loss_sum = loss_of(out)
         self.backward(out.loss_sum * loss_scale)
         return out
+
+    def forward_frozen(self, model: nn.Module, inputs: dict[str, Any]) -> Any:
+        """A forward without gradients (a reference model, `model` as `frozen_copy` made it or the policy itself),
+        with the same autocast and the same collectives on every rank as a training forward."""
+        with torch.no_grad(), self.autocast():
+            return model(**inputs, return_logits=False, keep_vision_graph=self.env.distributed)
+
+    def frozen_copy(self, make_frozen: Callable[[torch.device | str], nn.Module]) -> nn.Module:
+        """A second model that never trains (a preference objective's reference), placed as this strategy places
+        the policy: here a whole copy on the device; sharded under fsdp / zero3 (the sharded strategies)."""
+        return make_frozen(self.env.device).eval()
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

@@ -120,6 +120,18 @@ class ZeroStrategy(Strategy):
                                                                   config=self.config)
         self.model = self.engine
 
+    def frozen_copy(self, make_frozen) -> nn.Module:
+        """Stage 3: partitioned like the policy, in a DeepSpeed engine of its own without an optimizer (its hooks
+        gather each layer for the forward); stages 1 and 2 shard only optimizer state: a whole copy per rank."""
+        if self.stage != 3:
+            return super().frozen_copy(make_frozen)
+        import deepspeed
+
+        config = {k: v for k, v in self.config.items() if k not in ("optimizer", "scheduler")}
+        engine, *_ = deepspeed.initialize(model=self.build_partitioned(make_frozen), config=config)
+        engine.module.eval()
+        return engine.module
+
     def backward(self, loss) -> None:
         self.engine.backward(loss, scale_wrt_gas=False)  # the loop already divides by the global label count
         self.micro_steps += 1

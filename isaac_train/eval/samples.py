@@ -56,6 +56,8 @@ def content_text(content: Any) -> str:
 
 def _sample(key: str, kind: str, items: list[dict], images: list[bytes], obj: dict, refs: list[str],
             skipped: Counter) -> EvalSample | None:
+    if kind == "preference":  # a preference pair: its prompt, answered as its chosen answer
+        items, kind = items + obj["chosen"], "chat"
     if kind != "chat":
         skipped["document"] += 1
         return None

@@ -84,3 +84,37 @@ def _loss_over(hidden: torch.Tensor, lm_head_weight: torch.Tensor, wanted: torch
         else:
             total = total + _chunk_loss_sum(h, lm_head_weight, y)
     return total
+
+
+def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight).float()
+    return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def lm_group_logps(
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    index: torch.Tensor,
+    targets: torch.Tensor,
+    groups: torch.Tensor,
+    num_groups: int,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Summed next-token log-probabilities per group (a preference pair's answer): (num_groups,) float32.
+
+    `index` / `targets` / `groups` (n,) are host tensors as in `lm_loss_at` (`groups[i]`: the group of target i).
+    The logits of the selected positions only, in chunks recomputed in the backward pass: never a row's logits."""
+    device = hidden_states.device
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, index.to(device, non_blocking=True))
+    wanted = targets.to(device, non_blocking=True)
+    where = groups.to(device, non_blocking=True)
+    total = hidden_states.new_zeros(num_groups, dtype=torch.float32)
+    if hidden.shape[0] == 0:
+        return total + 0.0 * hidden_states.sum() + 0.0 * lm_head_weight.sum()
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], wanted[start : start + chunk_size]
+        logps = (checkpoint(_chunk_token_logps, h, lm_head_weight, y, use_reentrant=False) if grad
+                 else _chunk_token_logps(h, lm_head_weight, y))
+        total = total.index_add(0, where[start : start + chunk_size], logps)
+    return total

@@ -29,7 +29,7 @@ from ..processing.tensor_stream import Modality, TensorStream
 from .attention import ATTN_FUNCTION_NAME, AttentionSpec, padded_causal_mask, resolve_backend
 from .config import IsaacConfig
 from .layouts import LOAD_KEY_MAPPING, to_layout
-from .loss import lm_loss_at, lm_loss_sum, shift_labels
+from .loss import lm_group_logps, lm_loss_at, lm_loss_sum, shift_labels
 from .packed import PackedLayout, check_segments
 from .rope import IsaacRotaryEmbedding, mrope_positions
 from .vision import IsaacVisionEmbedding
@@ -50,6 +50,7 @@ class IsaacCausalLMOutput(CausalLMOutputWithPast):
     loss_sum: torch.Tensor | None = None
     num_label_tokens: torch.Tensor | None = None
     rope_deltas: torch.Tensor | None = None
+    group_logps: torch.Tensor | None = None  # (n_groups,) summed log-probs per labelled group (PackedLayout)
 
 
 class IsaacPreTrainedModel(PreTrainedModel):
@@ -133,14 +134,16 @@ class IsaacModel(IsaacPreTrainedModel):
     def embed(
         self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
         image_grid_hw: torch.Tensor | list[tuple[int, int]] | None, keep_vision_graph: bool = False,
-        image_tokens: int | None = None,
+        image_tokens: int | None = None, image_order: list[int] | None = None,
     ) -> torch.Tensor:
         """Token embeddings with each image's projected features written over its placeholder tokens.
 
         keep_vision_graph: with no image, still run the vision tower on one blank merge x merge image and add 0x its
         features, so that every process runs the same modules and every vision parameter gets a (zero) gradient.
         image_tokens: the number of placeholders in input_ids when the host knows it (a PackedLayout); else it is
-        counted on the device."""
+        counted on the device.
+        image_order: the encoded image that fills each placeholder image, in order (PackedLayout.image_order: a
+        preference pair's documents share their images); None: one placeholder image per encoded image."""
         image_mask = input_ids == self.config.image_token_id
         embeds = self.embed_tokens(input_ids.masked_fill(image_mask, 0))
         if pixel_values is None or pixel_values.shape[0] == 0:
@@ -156,6 +159,10 @@ class IsaacModel(IsaacPreTrainedModel):
         if image_grid_hw is None:
             raise ValueError("pixel_values need image_grid_hw (the (H, W) patch grid of each image)")
         features = self.vision_embedding(pixel_values, image_grid_hw).to(embeds.dtype)
+        if image_order is not None:
+            grids = image_grid_hw.tolist() if isinstance(image_grid_hw, torch.Tensor) else image_grid_hw
+            per_image = features.split([(h // self.merge) * (w // self.merge) for h, w in grids])
+            features = torch.cat([per_image[i] for i in image_order])
         placeholders = image_tokens if image_tokens is not None else int(image_mask.sum())
         if features.shape[0] != placeholders:
             raise ValueError(
@@ -234,7 +241,8 @@ class IsaacModel(IsaacPreTrainedModel):
                 raise ValueError("give input_ids, inputs_embeds or tensor_stream")
             grids = packed.image_grids if packed is not None else image_grid_hw
             image_tokens = packed.image_tokens if packed is not None else None
-            inputs_embeds = self.embed(input_ids, pixel_values, grids, keep_vision_graph, image_tokens)
+            order = packed.image_order if packed is not None else None
+            inputs_embeds = self.embed(input_ids, pixel_values, grids, keep_vision_graph, image_tokens, order)
         b, t = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         if use_cache and cache is None:
@@ -343,8 +351,13 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
             rope_deltas=rope_deltas, keep_vision_graph=keep_vision_graph, packed=packed,
         )
         hidden = out.last_hidden_state
-        loss = loss_sum = count = None
-        if labels is not None and packed is not None and packed.label_index is not None:
+        loss = loss_sum = count = group_logps = None
+        if labels is not None and packed is not None and packed.label_groups is not None:
+            # per-document log-probabilities (preference pairs); their negated sum is the documents' token loss
+            group_logps = lm_group_logps(hidden, self.lm_head.weight, packed.label_index, packed.label_targets,
+                                         packed.label_groups, packed.num_groups)
+            loss_sum, count = -group_logps.sum(), torch.tensor(packed.num_label_tokens)
+        elif labels is not None and packed is not None and packed.label_index is not None:
             loss_sum, count = lm_loss_at(hidden, self.lm_head.weight, packed.label_index, packed.label_targets)
         elif labels is not None:
             targets = shift_labels(labels.to(hidden.device), out.segment_starts)
@@ -360,7 +373,7 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
             logits = self.lm_head(kept)
         return IsaacCausalLMOutput(
             loss=loss, logits=logits, cache=out.cache, loss_sum=loss_sum,
-            num_label_tokens=count, rope_deltas=out.rope_deltas,
+            num_label_tokens=count, rope_deltas=out.rope_deltas, group_logps=group_logps,
         )
 
     # ---- generation -------------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ class PackedLayout:
         image_tokens: number of image placeholder tokens in input_ids.
         label_index: int64 (n_targets,) flattened positions whose next token (same document) is a label.
         label_targets: int64 (n_targets,) those next tokens.
+        image_order: for each image in placeholder order, which of `image_grids` (the images the vision tower
+            encodes) fills it; None: the k-th placeholder image is the k-th encoded one. A preference pair's two
+            documents share their images this way (the tower runs once per pair).
+        label_groups: int64 (n_targets,) the group each target belongs to (preference pairs: 2k the chosen answer of
+            the k-th pair, 2k + 1 its rejected answer), for per-document log-probabilities; None: no groups.
+        group_tokens: targets per group (host ints), len == the number of groups.
     """
 
     cu_seqlens: list[int]
@@ -39,10 +45,31 @@ class PackedLayout:
     image_tokens: int = 0
     label_index: torch.Tensor | None = None
     label_targets: torch.Tensor | None = None
+    image_order: list[int] | None = None
+    label_groups: torch.Tensor | None = None
+    group_tokens: list[int] | None = None
 
     @property
     def num_label_tokens(self) -> int:
         return 0 if self.label_index is None else int(self.label_index.numel())
+
+    @property
+    def num_groups(self) -> int:
+        return 0 if self.group_tokens is None else len(self.group_tokens)
+
+    def group_by_segment(self, segment_groups: list[int]) -> None:
+        """Set `label_groups` / `group_tokens` from each segment's group (-1: none; every labelled segment must
+        have one)."""
+        import numpy as np
+
+        index = self.label_index.numpy()
+        segment = np.searchsorted(np.asarray(self.cu_seqlens), index, side="right") - 1
+        groups = np.asarray(segment_groups, dtype=np.int64)[segment]
+        if (groups < 0).any():
+            raise ValueError("a labelled document of a grouped batch has no group")
+        n = max(segment_groups) + 1 if segment_groups else 0
+        self.label_groups = torch.from_numpy(groups)
+        self.group_tokens = np.bincount(groups, minlength=n).tolist()
 
     def segment_starts(self, batch: int, length: int) -> torch.Tensor:
         """bool (B, T) on the host: the first token of every segment."""

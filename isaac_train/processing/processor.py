@@ -300,9 +300,11 @@ class IsaacProcessor(ProcessorMixin):
 
     def encode_chat(
         self, messages: Sequence[dict[str, Any]], images: Sequence[ImageLike] = (), max_length: int | None = None,
-        length_policy: str = "truncate", normalize_pixels: bool = True,
+        length_policy: str = "truncate", normalize_pixels: bool = True, unlabelled_turns: int = 0,
     ) -> EncodedSample:
-        """A conversation -> one sample with loss on assistant turns (content and closing `<|im_end|>`)."""
+        """A conversation -> one sample with loss on assistant turns (content and closing `<|im_end|>`).
+        `unlabelled_turns`: the first that many assistant turns carry no label (a preference pair's prompt: only
+        the answer is scored)."""
         text = self.apply_chat_template(messages)
         spans, start = [], text.find(ASSISTANT_HEADER)
         while start != -1:
@@ -311,7 +313,7 @@ class IsaacProcessor(ProcessorMixin):
             end = len(text) if end == -1 else end + len(IM_END)
             spans.append((begin, end))
             start = text.find(ASSISTANT_HEADER, end)
-        return self._sample(text, images, spans, max_length, length_policy, normalize_pixels)
+        return self._sample(text, images, spans[unlabelled_turns:], max_length, length_policy, normalize_pixels)
 
     def encode_document(
         self, segments: Sequence[dict[str, Any]], images: Sequence[ImageLike] = (), max_length: int | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -76,6 +77,26 @@ def model_factory(cfg: Config, config: IsaacConfig):
         if cfg.model.compile:
             compile_blocks(isaac)
         if str(device) != "meta":
+            model.to(device)
+        return model
+
+    return make
+
+
+def frozen_factory(cfg: Config, config: IsaacConfig):
+    """`make(device)` -> a model that never trains (a preference objective's reference copy): the starting weights
+    (model.pretrained or the seeded initialisation, as the policy starts), LoRA folded away (none is applied),
+    every parameter frozen, held in bf16 under train.precision=bf16. `device="meta"` / `weights=False` as in
+    model_factory (the sharded strategies)."""
+    policy = model_factory(dataclasses.replace(cfg, peft=dataclasses.replace(cfg.peft, kind="none")), config)
+
+    def make(device: torch.device | str, weights: bool = True) -> nn.Module:
+        model = policy(device if str(device) == "meta" or not weights else "cpu", weights)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if weights and str(device) != "meta":
+            if frozen_dtype(cfg.train.precision) == torch.bfloat16:
+                hold_frozen_in_bf16(model)
             model.to(device)
         return model
 
@@ -210,6 +231,7 @@ def loader_spec(cfg: Config, shards: list[str] | str, weights: list[float] | Non
         pack_buffer=d.pack_buffer, seed=t.seed, shuffle=d.shuffle and train, shuffle_block=d.shuffle_block,
         epochs=None if train else 1, length_policy=d.length_policy, max_error_rate=d.max_error_rate,
         max_image_pixels=d.max_image_pixels, num_workers=d.num_workers,
+        pairs=cfg.objective.name == "dpo", shared_pair_images=cfg.objective.vision_per_pair,
     )
 
 

@@ -39,6 +39,7 @@ class LocalEval:
     sample index, a failure's one-line description."""
 
     loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's held-out metrics (dpo)
     answers: dict[int, str] = field(default_factory=dict)
     failure: str | None = None
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -45,6 +46,8 @@ from ..metrics.flops import device_peak_flops, model_parts
 from ..metrics.logger import MetricsLogger
 from ..metrics.plot import draw_quietly
 from ..metrics.window import StepWindow
+from ..objectives import Objective, make_objective
+from ..objectives.sft import SFT
 from . import build
 from .evaluate import LocalEval, eval_loss, local_answers, scored_rows, table_rows
 from .precision import describe_parameter_memory
@@ -74,9 +77,11 @@ def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
              if k not in ("attn_backend", "activation_checkpointing", "compile")}
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items()
             if k not in ("num_workers", "max_error_rate", "eval_shards")}  # eval data may change between runs
-    return json.loads(json.dumps({"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data,
-                                  "seq_len": cfg.train.seq_len, "seed": cfg.train.seed,
-                                  "micro_batches_per_step": cfg.train.grad_accum * world_size}, default=str))
+    ident = {"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data, "seq_len": cfg.train.seq_len,
+             "seed": cfg.train.seed, "micro_batches_per_step": cfg.train.grad_accum * world_size}
+    if cfg.objective.name != "sft":  # (sft checkpoints from before objectives existed still resume)
+        ident["objective"] = dataclasses.asdict(cfg.objective)
+    return json.loads(json.dumps(ident, default=str))
 
 
 def check_identity(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
@@ -141,6 +146,8 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
     strategy = make_strategy(cfg.strategy, env, cfg.train)
     strategy.setup(build.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
+    objective = make_objective(cfg)
+    objective.setup(strategy, build.frozen_factory(cfg, model_config))
     isaac = build.isaac_of(strategy.model)
     loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True, rank=env.rank,
                                 world_size=env.world_size)
@@ -188,11 +195,12 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
             watchdog.beat(state.step + 1)
             start = time.perf_counter()
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            step = train_step(strategy, env, micro, cfg.train.clip_grad_norm, stop.signal is not None, weights_flag)
+            step = train_step(strategy, env, micro, cfg.train.clip_grad_norm, stop.signal is not None, weights_flag,
+                              objective)
             if step.previous_update_nonfinite:  # found in this step's one read: the previous update broke the weights
                 raise WeightsNotFinite(_weights_message(state.step, ckpt.latest(checksums=False)))
             weights_flag = step.weights_nonfinite
-            loss_sum, label_tokens, tokens, stopping = step.loss_sum, step.label_tokens, step.tokens, step.stopping
+            label_tokens, tokens, stopping = step.label_tokens, step.tokens, step.stopping
             grad_norm, applied = step.grad_norm, step.applied
             state.step += 1
             state.skips_in_a_row = 0 if applied else state.skips_in_a_row + 1
@@ -206,10 +214,11 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
             if cfg.logging.ledger:
                 metrics_log.ledger(state.step, env.gather([k for b in micro for row in b.sample_keys for k in row]))
             if not applied:
-                metrics_log.write(_skip_message(state, loss_sum / label_tokens, grad_norm, cfg))
+                metrics_log.write(_skip_message(state, step.loss, grad_norm, cfg))
 
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or not applied:
-                last = {"loss": loss_sum / label_tokens, "lr": strategy.lr(), "grad_norm": grad_norm,
+                last = {"loss": step.loss, **objective.metrics(step.stats, step.count), "lr": strategy.lr(),
+                        "grad_norm": grad_norm,
                         "skipped_steps": state.skipped_steps, **window.record(loader.data_wait_s),
                         "tokens": state.tokens, "samples": state.samples, "skipped": _skip_counts(loader, env),
                         "memory_gb": (torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss()) / 2**30}
@@ -219,7 +228,7 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
 
             if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and data["eval"] is not None:
                 watchdog.beat(state.step)
-                _evaluate_or_report(cfg, strategy, processor, data, device, state, metrics_log, env)
+                _evaluate_or_report(cfg, strategy, processor, data, device, state, metrics_log, env, objective)
                 strategy.model.train()
 
             final = state.step == cfg.train.max_steps
@@ -279,6 +288,12 @@ class StepResult:
     applied: bool
     weights_nonfinite: torch.Tensor | None = None
     previous_update_nonfinite: bool = False
+    count: int = 0  # the objective's normaliser, summed over ranks (sft: label_tokens; dpo: pairs)
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)  # the objective's sums over ranks
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.count, 1)
 
 
 class WeightsNotFinite(TrainingDiverged):
@@ -287,7 +302,7 @@ class WeightsNotFinite(TrainingDiverged):
 
 
 def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | None, stop_requested: bool = False,
-               weights_nonfinite: torch.Tensor | None = None) -> StepResult:
+               weights_nonfinite: torch.Tensor | None = None, objective: Objective | None = None) -> StepResult:
     """Forward and backward the micro-batches (host PackedBatches), clip, update: the loop's step, also what the
     benchmarks time. The host reads from the device once: counts, loss and gradient norm together, after the
     backward; the label count that scales the loss is summed over ranks on the device.
@@ -302,32 +317,40 @@ def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | Non
     settings validated (schema: lr, eps, betas, weight decay finite and in range) and a finite gradient norm, an AdamW
     step is bounded, so weights that still go non-finite point at something the loop cannot repair."""
     device = env.device
-    # This rank's label tokens, tokens and stop request, and the previous update's weights flag, summed over ranks.
-    local = [sum(b.num_label_tokens for b in micro), sum(b.num_tokens for b in micro), stop_requested]
+    objective = objective or SFT()
+    # This rank's normaliser (the objective's count: label tokens for sft, pairs for dpo), label tokens, tokens and
+    # stop request, and the previous update's weights flag, summed over ranks.
+    local = [sum(objective.count(b) for b in micro), sum(b.num_label_tokens for b in micro),
+             sum(b.num_tokens for b in micro), stop_requested]
     previous = weights_nonfinite if weights_nonfinite is not None else torch.zeros((), dtype=torch.float64)
     counts = env.sum_tensor(torch.cat([torch.tensor(local, dtype=torch.float64).to(device),
                                        previous.to(device=device, dtype=torch.float64).reshape(1)]))
-    # Data parallelism averages gradients over ranks: scale so that the result is the sum of token losses over the
-    # global label count.
+    # Data parallelism averages gradients over ranks: scale so that the result is the sum of the losses over the
+    # global count.
     scale = (env.world_size / counts[0].clamp(min=1)).float()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    sums = torch.zeros(1 + len(objective.stat_names), dtype=torch.float64, device=device)  # loss, then stats
     for batch in micro:
-        out = strategy.forward_backward(batch.to(device).model_inputs(), scale)
-        loss_sum += out.loss_sum.detach()
-    loss_sum = env.sum_tensor(loss_sum)
+        loss_sum, stats = objective.micro_step(strategy, batch.to(device), scale)
+        sums[0] += loss_sum
+        if stats is not None:
+            sums[1:] += stats.to(torch.float64)
+    sums = env.sum_tensor(sums)
     norm = strategy.clip(clip_grad_norm)
     # the step's one read from the device
-    read = torch.cat([counts, loss_sum[None], (norm if norm is not None else loss_sum).double().reshape(1)])
-    label_tokens, tokens, stopping, broken, loss, grad_norm = read.tolist()
-    if label_tokens == 0:
-        raise RuntimeError("a step has no label tokens at all: check the data (isaac-data validate)")
+    read = torch.cat([counts, sums, (norm if norm is not None else sums[0]).double().reshape(1)]).tolist()
+    count, label_tokens, tokens, stopping, broken = read[:5]
+    loss, stat_sums, grad_norm = read[5], dict(zip(objective.stat_names, read[6:-1], strict=True)), read[-1]
+    if count == 0:
+        raise RuntimeError(f"a step has no {'label tokens' if objective.name == 'sft' else 'preference pairs'} at "
+                           "all: check the data (isaac-data validate)")
+    done = dict(count=int(count), stats=stat_sums)
     if broken > 0:  # this step ran on weights the previous update broke: update nothing, the loop stops
         return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, False,
-                          previous_update_nonfinite=True)
+                          previous_update_nonfinite=True, **done)
     # not finite on any rank: nothing is updated, on every rank alike
     grad_norm, applied = strategy.update(grad_norm if norm is not None else None, math.isfinite(loss))
     flag = strategy.nonfinite_weights() if applied else None
-    return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, applied, flag)
+    return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, applied, flag, **done)
 
 
 def refuse_nonfinite_weights(flag: torch.Tensor | None, step: int, env, ckpt: CheckpointManager) -> None:
@@ -404,18 +427,18 @@ def _pick_checkpoint(ckpt: CheckpointManager, env) -> Path | None:
 
 
 def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device, state: TrainState,
-                        metrics_log: MetricsLogger, env) -> None:
+                        metrics_log: MetricsLogger, env, objective: Objective) -> None:
     """Periodic evaluation that never ends the run. Every rank does its part (`_local_eval`), then one gather
     brings the answers and any failure together; rank 0 scores and logs. A failure on any rank (the usual case,
     the same data and weights, fails on all alike) is logged with its traceback, counted (`eval_failures` in
     metrics.jsonl and trainer_state.json) and training goes on. With sharded weights a failure inside a forward
     on a single rank leaves the others in a collective until strategy.timeout_s."""
-    local, samples = _local_eval(cfg, strategy, processor, data, device, env)
+    local, samples = _local_eval(cfg, strategy, processor, data, device, env, objective)
     parts = env.gather(local)  # answers and failures only: no sample bytes
     failed = next((p.failure for p in parts if p.failure is not None), None)
     if failed is None and env.is_main:
         try:
-            _log_eval(state.step, local.loss, samples, [p.answers for p in parts], metrics_log)
+            _log_eval(state.step, local.loss, samples, [p.answers for p in parts], metrics_log, local.metrics)
         except Exception as err:  # noqa: BLE001  (scoring or logging: reported, never fatal)
             logger.exception("scoring the evaluation at step %d failed", state.step)
             failed = f"{type(err).__name__}: {str(err)[:300]}"
@@ -426,7 +449,8 @@ def _evaluate_or_report(cfg: Config, strategy: Strategy, processor, data, device
         metrics_log.log(state.step, {"eval_failures": state.eval_failures})
 
 
-def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -> tuple[LocalEval, list]:
+def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env, objective: Objective
+                ) -> tuple[LocalEval, list]:
     """This rank's part: the eval loss (rank 0; every rank with sharded weights) and its share of the answers;
     and the eval samples (the same list on every rank)."""
     out, samples = LocalEval(), []
@@ -435,8 +459,13 @@ def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -
         model.eval()
         if env.is_main or strategy.eval_on_all_ranks:
             eval_loader = build.build_loader(cfg, processor, data["eval"], None, train=False)
-            with torch.no_grad(), strategy.autocast():
-                out.loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
+            batches = itertools.islice(eval_loader, cfg.train.eval_batches)
+            out.metrics = objective.evaluate(strategy, batches, device) or {}  # dpo: held-out preference pairs
+            if "eval_loss" in out.metrics:
+                out.loss = out.metrics.pop("eval_loss")
+            else:
+                with torch.no_grad(), strategy.autocast():
+                    out.loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
         t = cfg.train
         samples, out.answers = local_answers(
             build.isaac_of(model), processor, data["eval"], t.eval_samples, env.rank, env.world_size,
@@ -447,11 +476,13 @@ def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env) -
     return out, samples
 
 
-def _log_eval(step: int, loss: float | None, samples, parts, metrics_log: MetricsLogger) -> None:
+def _log_eval(step: int, loss: float | None, samples, parts, metrics_log: MetricsLogger,
+              extra: dict | None = None) -> None:
     """Score the gathered answers; metrics.jsonl / W&B get the loss and the headline metrics,
     eval/step_NNNNNNN.jsonl every prediction row, W&B a table with the images (groundings drawn)."""
     rows, summary = scored_rows(samples, parts)
-    metrics_log.log(step, {"eval_loss": loss, **({"eval_samples": len(rows), **headline(summary)} if rows else {})})
+    scored = {"eval_samples": len(rows), **headline(summary)} if rows else {}
+    metrics_log.log(step, {"eval_loss": loss, **(extra or {}), **scored})
     if not rows:
         return
     path = metrics_log.predictions(step, rows)

@@ -1,0 +1,86 @@
+"""objective=dpo: direct preference optimisation on packed preference pairs (configs/objective/dpo.yaml).
+
+A micro-batch holds whole pairs (the loader's pair mode): pair k's chosen document is label group 2k, its rejected
+2k + 1 (data/packing.py), and the model returns each group's summed log-probability from the packed layout on the
+host (model/loss.py lm_group_logps: the selected positions' logits in recomputed chunks, never a row's). The
+reference's come from a forward without gradients on the same inputs (objectives/reference.py). The step's loss
+is the sum of the pair losses over its micro-batches and ranks divided by the global number of pairs: gradient
+accumulation and data parallelism change nothing but memory, as for sft.
+
+Reported (TRL's names): rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
+logps/rejected (means over the step's pairs).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Objective
+from .preference_loss import preference_losses
+from .reference import Reference, resolve_reference
+
+STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+         "logps/rejected")
+
+
+class DPO(Objective):
+    name = "dpo"
+    pairs = True
+    stat_names = STATS
+
+    def __init__(self, options, lora: bool) -> None:
+        self.options = options
+        self.reference = Reference(resolve_reference(options.reference, lora, options.loss_type))
+
+    def setup(self, strategy, make_frozen) -> None:
+        self.reference.setup(strategy, make_frozen)
+
+    def count(self, batch) -> int:
+        return batch.num_pairs
+
+    def micro_step(self, strategy, batch, scale):
+        inputs = batch.model_inputs()
+        ref = self.reference.logps(strategy, inputs)
+        stats: list[torch.Tensor] = []
+
+        def loss_of(out) -> torch.Tensor:
+            loss, step_stats = self.pair_terms(out.group_logps, ref, batch.layout.group_tokens)
+            stats.append(step_stats)
+            return loss
+
+        out = strategy.forward_backward(inputs, scale, loss_of)
+        return out.loss_sum.detach(), stats[0]
+
+    def pair_terms(self, logps: torch.Tensor, ref: torch.Tensor | None, group_tokens: list[int]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The summed pair losses of a micro-batch and its STATS sums, from per-answer log-probabilities
+        (n_groups,) of the policy and the reference (None: reference-free)."""
+        o = self.options
+        pairs = logps.view(-1, 2)
+        ref_pairs = None if ref is None else ref.detach().view(-1, 2)
+        tokens = torch.tensor(group_tokens, dtype=torch.float32).view(-1, 2).to(logps.device)
+        losses = preference_losses(
+            pairs[:, 0], pairs[:, 1], None if ref_pairs is None else ref_pairs[:, 0],
+            None if ref_pairs is None else ref_pairs[:, 1], tokens[:, 0], tokens[:, 1], loss_type=o.loss_type,
+            beta=o.beta, label_smoothing=o.label_smoothing, simpo_gamma=o.simpo_gamma, rpo_alpha=o.rpo_alpha)
+        c, r, detached = losses.chosen_rewards, losses.rejected_rewards, pairs.detach().float()
+        stats = torch.stack([c.sum(), r.sum(), (c > r).float().sum(), (c - r).sum(), detached[:, 0].sum(),
+                             detached[:, 1].sum()])
+        return losses.loss.sum(), stats
+
+    def metrics(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        return {name: sums[name] / max(count, 1) for name in self.stat_names}
+
+    def evaluate(self, strategy, batches, device) -> dict[str, float]:
+        """Held-out pairs: the mean DPO loss (eval_loss) and eval_rewards/*, eval_logps/* (no gradients)."""
+        total = torch.zeros(1 + len(STATS), dtype=torch.float64, device=device)
+        pairs = 0
+        for batch in batches:
+            inputs = batch.to(device).model_inputs()
+            logps = strategy.forward_frozen(strategy.eval_model, inputs).group_logps
+            loss, stats = self.pair_terms(logps, self.reference.logps(strategy, inputs), batch.layout.group_tokens)
+            total += torch.cat([loss[None], stats]).double()
+            pairs += batch.num_pairs
+        values = (total / max(pairs, 1)).tolist()
+        return {"eval_loss": values[0], "eval_pairs": pairs,
+                **{f"eval_{name}": v for name, v in zip(STATS, values[1:], strict=True)}}
