@@ -37,11 +37,14 @@ def chat_sample(i: int, rng: np.random.Generator) -> tuple[dict, list[tuple[str,
     return sample, images
 
 
-def make_chat_shards(out: Path, n: int, per_shard: int = 10, seed: int = 0, prefix: str = "shard") -> Path:
+def make_chat_shards(out: Path, n: int, per_shard: int = 10, seed: int = 0, prefix: str = "shard",
+                     make_sample=chat_sample) -> Path:
+    """`n` samples of `make_sample(i, rng)` (chat_sample; pair_sample for preference pairs) in shards of
+    `per_shard`."""
     rng = np.random.default_rng(seed)
     writer = ShardWriter(out, prefix=prefix, max_count=per_shard)
     for i in range(n):
-        sample, images = chat_sample(i, rng)
+        sample, images = make_sample(i, rng)
         writer.write(f"{prefix}{i:06d}", sample, images)
     writer.close()
     return out
@@ -86,10 +89,4 @@ def pair_sample(i: int, rng: np.random.Generator, images: int | None = None) -> 
 
 
 def make_pair_shards(out: Path, n: int, per_shard: int = 10, seed: int = 0, prefix: str = "pairs") -> Path:
-    rng = np.random.default_rng(seed)
-    writer = ShardWriter(out, prefix=prefix, max_count=per_shard)
-    for i in range(n):
-        sample, images = pair_sample(i, rng)
-        writer.write(f"{prefix}{i:06d}", sample, images)
-    writer.close()
-    return out
+    return make_chat_shards(out, n, per_shard, seed, prefix, make_sample=pair_sample)

@@ -94,6 +94,12 @@ def check_answers(obj: dict[str, Any]) -> None:
         raise SkipSample("identical_pair", "'chosen' and 'rejected' are the same answer")
 
 
+def chosen_chat(kind: str, items: list[dict[str, Any]], obj: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """parse_sample's (kind, items) with a preference pair read as the chat of its prompt and chosen answer (what
+    sft trains on and evaluation asks); any other sample as it is."""
+    return ("chat", items + obj["chosen"]) if kind == "preference" else (kind, items)
+
+
 def check_image_size(data: bytes, where: str) -> None:
     """Refuse an image over data.max_image_pixels (records.max_image_pixels()) from its header, before anything
     decodes it: SkipSample("image_too_large"). Bytes PIL cannot read are left to the processor, whose
@@ -112,8 +118,7 @@ def encode_members(
     """Decode and process one sample; raises SkipSample with the reason when it cannot be used.
     `normalize_pixels=False` keeps uint8 patches (the training loader's choice; the model normalises)."""
     kind, items, images, obj = parse_sample(members)
-    if kind == "preference":  # trained as the chat that ends with the chosen answer
-        items, kind = items + obj["chosen"], "chat"
+    kind, items = chosen_chat(kind, items, obj)  # a pair trains as the chat that ends with its chosen answer
     encode = processor.encode_chat if kind == "chat" else processor.encode_document
     with _skips():
         return encode(items, images, max_length=max_length, length_policy=length_policy,

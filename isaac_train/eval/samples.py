@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.decode import SkipSample, parse_sample
+from ..data.decode import SkipSample, chosen_chat, parse_sample
 from ..data.records import Skip, _as_list, convert_record
 from ..data.shards import SampleReadError, ShardSet, read_sample
 
@@ -56,8 +56,7 @@ def content_text(content: Any) -> str:
 
 def _sample(key: str, kind: str, items: list[dict], images: list[bytes], obj: dict, refs: list[str],
             skipped: Counter) -> EvalSample | None:
-    if kind == "preference":  # a preference pair: its prompt, answered as its chosen answer
-        items, kind = items + obj["chosen"], "chat"
+    kind, items = chosen_chat(kind, items, obj)  # a preference pair: its prompt, answered as its chosen answer
     if kind != "chat":
         skipped["document"] += 1
         return None
