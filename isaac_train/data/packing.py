@@ -215,8 +215,7 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
     input_ids = torch.cat(ids).view(b, seq_len)
     label_rows = torch.cat(labels).view(b, seq_len)
     grid_hw = torch.cat(grids) if grids else torch.zeros(0, 2, dtype=torch.long)
-    merge_tokens = sum(item.image_tokens for row in rows for item in row)
-    merge_tokens += sum(item.pair.image_tokens for row in rows for item in row if item.pair is not None)
+    merge_tokens = sum(doc.image_tokens for row in rows for item in row for doc in item.documents())
     layout = PackedLayout.from_inputs(bounds, label_rows, frozenset(pad_segments),
                                       [tuple(g) for g in grid_hw.tolist()], merge_tokens)
     if image_order != list(range(len(image_order))):

@@ -85,9 +85,9 @@ def model_factory(cfg: Config, config: IsaacConfig):
 
 def frozen_factory(cfg: Config, config: IsaacConfig):
     """`make(device)` -> a model that never trains (a preference objective's reference copy): the starting weights
-    (model.pretrained or the seeded initialisation, as the policy starts), LoRA folded away (none is applied),
-    every parameter frozen, held in bf16 under train.precision=bf16. `device="meta"` / `weights=False` as in
-    model_factory (the sharded strategies)."""
+    (model.pretrained or the seeded initialisation, as the policy starts), without LoRA adapters (peft is not
+    applied to it), every parameter frozen, held in bf16 under train.precision=bf16. `device="meta"` /
+    `weights=False` as in model_factory (the sharded strategies)."""
     policy = model_factory(dataclasses.replace(cfg, peft=dataclasses.replace(cfg.peft, kind="none")), config)
 
     def make(device: torch.device | str, weights: bool = True) -> nn.Module:
