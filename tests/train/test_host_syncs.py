@@ -59,12 +59,16 @@ class ReadCounter(TorchDispatchMode):
         self.host: set[int] = set()
         self.steps: list[list[str]] = []
         self.paused = 0
+        self.kept: list[list[torch.Tensor]] = []
 
     def register_host(self, batch: PackedBatch) -> None:
         found = [v for v in batch.__dict__.values() if isinstance(v, torch.Tensor)]
         if batch.layout is not None:
             found += [t for t in (batch.layout.label_index, batch.layout.label_targets) if t is not None]
         self.host |= {t.untyped_storage().data_ptr() for t in found}
+        # Held for the counter's life: a freed host tensor's address would be reused by a later tensor (the step's
+        # read, on a CPU run), which would then pass for a host tensor and go uncounted.
+        self.kept.append(found)
 
     def is_host(self, t: torch.Tensor) -> bool:
         return t.untyped_storage().data_ptr() in self.host
