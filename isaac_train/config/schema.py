@@ -149,6 +149,7 @@ class ObjectiveConfig:
     rpo_alpha: float | None = None  # dpo: weight of an NLL term on the chosen answer (RPO); null: none
     reference: str = "auto"  # dpo: auto (adapters disabled under LoRA, else a frozen copy) | adapters | copy | none
     vision_per_pair: bool = True  # dpo: a pair's two documents share one pass of the vision tower
+    disable_dropout: bool = True  # dpo: dropout off in the policy (TRL's default): policy and reference agree at start
 
 
 @dataclass

@@ -23,6 +23,16 @@ STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/ma
          "logps/rejected")
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Every dropout of `model` to 0: nn.Dropout modules (LoRA's among them) and attention modules' float rates."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for attr in ("attention_dropout", "dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, 0.0)
+
+
 class DPO(Objective):
     name = "dpo"
     pairs = True
@@ -33,6 +43,8 @@ class DPO(Objective):
         self.reference = Reference(resolve_reference(options.reference, lora, options.loss_type))
 
     def setup(self, strategy, make_frozen) -> None:
+        if self.options.disable_dropout:  # as TRL does: the policy's log-probs are not noise around the reference's
+            disable_dropout(strategy.eval_model)
         self.reference.setup(strategy, make_frozen)
 
     def count(self, batch) -> int:
