@@ -21,7 +21,7 @@ Checkpoint formats (named in trainer_state.json as `format`):
 scheduler.pt (the learning-rate schedule) is written by rank 0 in every format.
 
 `make_model(device)` builds the model with what trains already set (LoRA applied) and, under
-`train.precision=bf16`, its frozen weights held in bf16 (train/precision.py; trainable ones stay fp32);
+`train.precision=bf16`, its frozen weights held in bf16 (isaac_train/precision.py; trainable ones stay fp32);
 `device="meta"` asks for the structure only (sharded strategies fill the weights from rank 0 or a checkpoint).
 """
 

@@ -99,7 +99,7 @@ class ZeroStrategy(Strategy):
                     param.data.copy_(reference[name])
                 dist.broadcast(param.data, src=0)
         del reference
-        from ..train.precision import frozen_dtype, hold_frozen_in_bf16
+        from ..precision import frozen_dtype, hold_frozen_in_bf16
 
         if frozen_dtype(self.precision) == torch.bfloat16:
             hold_frozen_in_bf16(model, cast=cast_partition)  # as make_model does for the other strategies

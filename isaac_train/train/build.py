@@ -14,9 +14,9 @@ from ..config.schema import Config
 from ..data.loader import LoaderSpec, PackedLoader, SourceSpec
 from ..model import IsaacConfig, IsaacForConditionalGeneration, isaac_of
 from ..model.tiny import small_config, tiny_config
+from ..precision import frozen_dtype, hold_frozen_in_bf16
 from ..processing.processor import IsaacProcessor
 from ..processing.tiny_tokenizer import build_tiny_tokenizer
-from .precision import frozen_dtype, hold_frozen_in_bf16
 
 logger = logging.getLogger(__name__)
 

@@ -48,9 +48,9 @@ from ..metrics.plot import draw_quietly
 from ..metrics.window import StepWindow
 from ..objectives import Objective, make_objective
 from ..objectives.sft import SFT
+from ..precision import describe_parameter_memory
 from . import build
 from .evaluate import LocalEval, eval_loss, local_answers, scored_rows, table_rows
-from .precision import describe_parameter_memory
 
 logger = logging.getLogger(__name__)
 

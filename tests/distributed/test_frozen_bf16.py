@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 
 from isaac_train.export import export_checkpoint
 from isaac_train.export.writer import written_tensors
+from isaac_train.precision import describe_parameter_memory, parameter_bytes
 from isaac_train.train import build
 from isaac_train.train.cli import compose_config
-from isaac_train.train.precision import describe_parameter_memory, parameter_bytes
 
 from ..conftest import make_document, pack
 from ..export.conftest import make_base

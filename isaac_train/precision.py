@@ -48,7 +48,8 @@ def hold_frozen_in_bf16(model: nn.Module, cast=_cast_to_bf16) -> int:
     fp32 master weights) and the weights of norm layers (a few KB a layer): CPU autocast does not cast LayerNorm
     (fp32 input and bf16 weight fail there), and Qwen3's q/k RMSNorm would multiply its bf16 input by a bf16 weight
     in bf16 instead of fp32. Embeddings held in bf16 get `embedding_output_in_fp32`. With these, loss and gradients
-    equal the fp32-weight run bit for bit when the weights are bf16-representable (tests/test_frozen_bf16.py).
+    equal the fp32-weight run bit for bit when the weights are bf16-representable
+    (tests/distributed/test_frozen_bf16.py).
     `cast(param)` converts one parameter (ZeRO-3 passes one that converts its partition)."""
     count = 0
     for module in model.modules():
