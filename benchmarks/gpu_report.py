@@ -245,11 +245,12 @@ def on_device(make):
 
 def setup_strategy(cfg, model_config, env, build_on_device: bool):
     """make_strategy + strategy.setup with the trainer's model factory, optimizer and schedule."""
+    from isaac_train import factory
     from isaac_train.distributed.strategy import make_strategy
     from isaac_train.train import build
 
     strategy = make_strategy(cfg.strategy, env, cfg.train)
-    make = build.model_factory(cfg, model_config)
+    make = factory.model_factory(cfg, model_config)
     strategy.setup(on_device(make) if build_on_device else make, lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
     strategy.model.train()
@@ -569,6 +570,7 @@ def measure_training(ctx: Ctx, cfg, model_config, cpu_batch, warm: int, timed: i
 
     from isaac_train.distributed.setup import DistEnv
     from isaac_train.metrics.flops import model_parts, step_flops
+    from isaac_train.model import isaac_of
     from isaac_train.train import build
 
     device = ctx.torch_device()
@@ -579,7 +581,7 @@ def measure_training(ctx: Ctx, cfg, model_config, cpu_batch, warm: int, timed: i
     t = time.perf_counter()
     strategy = setup_strategy(cfg, model_config, env, build_on_device=True)
     out: dict[str, Any] = {"build_s": time.perf_counter() - t}
-    isaac = build.isaac_of(strategy.model)
+    isaac = isaac_of(strategy.model)
     out["parameters"] = build.count_parameters(strategy.model)
     out["trainable_parameters"] = build.count_parameters(strategy.model, trainable=True)
     trains = (cfg.model.train_decoder != "frozen", cfg.model.train_vision != "none", cfg.model.train_projector)

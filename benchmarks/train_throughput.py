@@ -314,6 +314,7 @@ def make_trainer(spec: dict[str, Any]):
 
     from isaac_train.distributed.setup import DistEnv
     from isaac_train.distributed.strategy import make_strategy
+    from isaac_train.factory import set_trainable
     from isaac_train.model import IsaacForConditionalGeneration
     from isaac_train.train import build
 
@@ -327,7 +328,7 @@ def make_trainer(spec: dict[str, Any]):
             model = IsaacForConditionalGeneration(config)
         model.load_state_dict(state, strict=True)
         model.config.attn_backend = spec["attn_backend"]
-        build.set_trainable(model, cfg)
+        set_trainable(model, cfg)
         return model.to(device)
 
     strategy = make_strategy(cfg.strategy, DistEnv(device=torch.device("cpu")), cfg.train)

@@ -39,6 +39,7 @@ H100_HBM_GBPS = 3350  # H100 SXM datasheet peak; a streaming read reaches about 
 
 def trainer(size: str, run_dir: Path):
     """The loop's pieces as train() builds them: config, strategy (single), loader over the demo data."""
+    from isaac_train import factory
     from isaac_train.distributed.setup import DistEnv
     from isaac_train.distributed.strategy import make_strategy
     from isaac_train.train import build
@@ -49,11 +50,11 @@ def trainer(size: str, run_dir: Path):
                           "data.demo_eval_samples=4", "data.num_workers=0", "train.precision=fp32",
                           "train.eval_every=0", f"run.output_dir={run_dir}", "logging.progress=false"])
     env = DistEnv(device=torch.device("cpu"))
-    model_config = build.model_config(cfg)
-    processor = build.build_processor(cfg, model_config)
+    model_config = factory.model_config(cfg)
+    processor = factory.build_processor(cfg, model_config)
     data = prepare_data(cfg, run_dir)
     strategy = make_strategy(cfg.strategy, env, cfg.train)
-    strategy.setup(build.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
+    strategy.setup(factory.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
     loader = build.build_loader(cfg, processor, data["train"], None, train=True)
     return cfg, env, strategy, loader

@@ -124,15 +124,15 @@ def _add_frozen_from_module_states(state: dict[str, torch.Tensor], directory: Pa
 
 def load_trained(path: str | Path) -> TrainedRun:
     """The checkpoint at `path` (see resolve_checkpoint) as a model in this process."""
-    from ..train import build
+    from .. import factory
 
     checkpoint = resolve_checkpoint(path)
     meta = json.loads((checkpoint / "trainer_state.json").read_text())
     cfg = run_config(checkpoint)
     # the structure as trained, without the training-only switches
     cfg.model = dataclasses.replace(cfg.model, compile=False, activation_checkpointing=False)
-    model_config = build.model_config(cfg)
-    model = build.model_factory(cfg, model_config)("meta")
+    model_config = factory.model_config(cfg)
+    model = factory.model_factory(cfg, model_config)("meta")
     read_weights(model, checkpoint, meta.get("format", "full"))
     model.eval()
-    return TrainedRun(cfg, checkpoint, meta, model, build.build_processor(cfg, model_config))
+    return TrainedRun(cfg, checkpoint, meta, model, factory.build_processor(cfg, model_config))

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from .. import factory
 from ..checkpoint.manager import CheckpointManager, TrainState, rng_state, set_rng_state
 from ..checkpoint.run_lock import RunLock, check_still_held, hold_run_dir
 from ..config.schema import Config
@@ -46,6 +47,7 @@ from ..metrics.flops import device_peak_flops, model_parts
 from ..metrics.logger import MetricsLogger
 from ..metrics.plot import draw_quietly
 from ..metrics.window import StepWindow
+from ..model import isaac_of
 from ..objectives import Objective, make_objective
 from ..objectives.sft import SFT
 from ..precision import describe_parameter_memory
@@ -135,8 +137,8 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
     seed_all(cfg.train.seed)  # torch, CUDA, Python's random and NumPy alike (data/seeding.py)
 
     # ---- build ----
-    model_config = build.model_config(cfg)
-    processor = build.build_processor(cfg, model_config)
+    model_config = factory.model_config(cfg)
+    processor = factory.build_processor(cfg, model_config)
     if not env.is_main:
         env.barrier()  # rank 0 makes the demo data first; the others then find it and reuse it
     data = prepare_data(cfg, run_dir)
@@ -144,11 +146,11 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
         env.barrier()
     exit_before_training(stop, "reading the data", cleanup=lock.release)
     strategy = make_strategy(cfg.strategy, env, cfg.train)
-    strategy.setup(build.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
+    strategy.setup(factory.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
     objective = make_objective(cfg)
-    objective.setup(strategy, build.frozen_factory(cfg, model_config))
-    isaac = build.isaac_of(strategy.model)
+    objective.setup(strategy, factory.frozen_factory(cfg, model_config))
+    isaac = isaac_of(strategy.model)
     loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True, rank=env.rank,
                                 world_size=env.world_size)
     ckpt = CheckpointManager(run_dir / "checkpoints", cfg.train.keep_last)
@@ -468,7 +470,7 @@ def _local_eval(cfg: Config, strategy: Strategy, processor, data, device, env, o
                     out.loss = eval_loss(model, eval_loader, cfg.train.eval_batches, device)
         t = cfg.train
         samples, out.answers = local_answers(
-            build.isaac_of(model), processor, data["eval"], t.eval_samples, env.rank, env.world_size,
+            isaac_of(model), processor, data["eval"], t.eval_samples, env.rank, env.world_size,
             synced=strategy.eval_on_all_ranks, batch_size=t.eval_batch_size, max_new_tokens=t.eval_max_new_tokens)
     except Exception as err:  # noqa: BLE001  (any evaluation error: reported, never fatal)
         logger.exception("evaluation failed on rank %d", env.rank)

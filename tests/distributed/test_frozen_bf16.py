@@ -22,10 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from isaac_train import factory
 from isaac_train.export import export_checkpoint
 from isaac_train.export.writer import written_tensors
 from isaac_train.precision import describe_parameter_memory, parameter_bytes
-from isaac_train.train import build
 from isaac_train.train.cli import compose_config
 
 from ..conftest import make_document, pack
@@ -75,7 +75,7 @@ def test_frozen_bf16_forward_and_gradients_equal_fp32_frozen(base):
                               "peft.dropout=0", "model.train_vision=last_n", "model.vision_last_n=1",
                               f"train.precision={precision}", f"model.pretrained={base}"], check_files=False)
         torch.manual_seed(0)  # LoRA's initialisation, as the loop seeds it
-        models[precision] = build.model_factory(cfg, build.model_config(cfg))("cpu")
+        models[precision] = factory.model_factory(cfg, factory.model_config(cfg))("cpu")
     assert all(dtype == torch.float32 for _, dtype in _held(models["fp32"]).values())  # fp32: nothing changes
     _check_held(_held(models["bf16"]))
     sizes = parameter_bytes(models["bf16"])
@@ -123,7 +123,7 @@ def single_run(train_shards, base, tmp_path_factory):
              "train.eval_samples=1"]  # generation runs with bf16 frozen weights too
     train(compose_config(single_overrides(train_shards, out / "held", *_run_overrides(base, *extra))))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(build, "frozen_dtype", lambda precision: torch.float32)  # every weight fp32, as before
+        patch.setattr(factory, "frozen_dtype", lambda precision: torch.float32)  # every weight fp32, as before
         train(compose_config(single_overrides(train_shards, out / "fp32", *_run_overrides(base))))
     return out
 

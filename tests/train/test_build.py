@@ -1,4 +1,4 @@
-"""Build steps: what trains, parameter groups, schedules."""
+"""Build steps: what trains (isaac_train/factory.py), parameter groups, schedules (train/build.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from isaac_train import factory
 from isaac_train.model import IsaacForConditionalGeneration
 from isaac_train.model.tiny import tiny_config
 from isaac_train.train import build
@@ -20,7 +21,7 @@ def test_vision_last_n_and_projector():
     cfg = compose_config(["model=tiny", "model.train_vision=last_n", "model.vision_last_n=1",
                           "model.train_decoder=frozen"])
     model = _model()
-    build.set_trainable(model, cfg)
+    factory.set_trainable(model, cfg)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(n.startswith("model.vision_embedding.") for n in trainable)
     assert any(".encoder.layers.1." in n for n in trainable) and not any(".encoder.layers.0." in n for n in trainable)
@@ -32,7 +33,7 @@ def test_param_groups_split_learning_rates_and_decay():
     cfg = compose_config(["model=tiny", "model.train_vision=all", "optim.lr=1e-4", "optim.lr_vision=1e-6",
                           "optim.lr_projector=5e-5", "optim.weight_decay=0.1"])
     model = _model()
-    build.set_trainable(model, cfg)
+    factory.set_trainable(model, cfg)
     groups = {g["name"]: g for g in build.param_groups(model, cfg)}
     assert groups["vision"]["lr"] == 1e-6 and groups["projector"]["lr"] == 5e-5 and groups["decoder"]["lr"] == 1e-4
     assert groups["decoder_no_decay"]["weight_decay"] == 0.0 and groups["decoder"]["weight_decay"] == 0.1

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from isaac_train import factory
 from isaac_train.config.schema import ConfigError
-from isaac_train.train import build
 from isaac_train.train.cli import compose_config
 
 NEEDS = ["model.pretrained=/ckpt/Isaac-0.1", "data.train_shards=/data/sft"]  # check_files=False: not read
@@ -16,7 +16,7 @@ PROJECTOR = ("vision_embedding.1.", "vision_embedding.3.")
 
 def _trainable(overrides: list[str]) -> set[str]:
     cfg = compose_config(["model=tiny", *overrides])
-    model = build.model_factory(cfg, build.model_config(cfg))("cpu")
+    model = factory.model_factory(cfg, factory.model_config(cfg))("cpu")
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
