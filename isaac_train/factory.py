@@ -1,5 +1,6 @@
 """A model and its processor from a Config: the one factory that the trainer (and through it an objective's
-reference model), the exporter and isaac-eval share, in a room below all of them (tests/unit/test_layers.py).
+reference model), the exporter and isaac-eval (both through isaac_train/trained.py) share, in a room below all of
+them (tests/unit/test_layers.py).
 
     config = model_config(cfg)                       # IsaacConfig: model.pretrained's, or a built-in size
     processor = build_processor(cfg, config)

@@ -58,7 +58,7 @@ def load_for_eval(path: str | Path, dtype: str = "auto", device: str | torch.dev
     elif (path / "config.json").is_file():
         model, processor = _load_hf(AutoModelForImageTextToText, path, dtype), AutoProcessor.from_pretrained(path)
     else:
-        from ..export.reader import load_trained
+        from ..trained import load_trained
 
         run = load_trained(path)
         model = run.model.merge_and_unload() if hasattr(run.model, "merge_and_unload") else run.model

@@ -12,17 +12,18 @@ from typing import TYPE_CHECKING, Any
 from ..lazy import lazy_getattr
 
 if TYPE_CHECKING:
-    from .reader import TrainedRun, load_trained, resolve_checkpoint
+    from ..trained import TrainedRun, load_trained, resolve_checkpoint
     from .writer import ExportSummary, ExportVerificationError, export_model
 
-_LAZY = {"TrainedRun": ".reader", "load_trained": ".reader", "resolve_checkpoint": ".reader",
+# reading a run back lives below export/ and eval/ (isaac_train/trained.py); export keeps offering its names
+_LAZY = {"TrainedRun": "..trained", "load_trained": "..trained", "resolve_checkpoint": "..trained",
          "ExportSummary": ".writer", "ExportVerificationError": ".writer", "export_model": ".writer"}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, log=print, **options: Any) -> ExportSummary:
     """Export the checkpoint at `checkpoint` (a run directory, checkpoints/, or a step directory) to `out_dir`.
     Options as export_model: layout, dtype, lora, max_shard_size, verify, overwrite."""
-    from .reader import load_trained
+    from ..trained import load_trained
     from .writer import export_model
 
     run = load_trained(checkpoint)

@@ -144,7 +144,7 @@ def test_latest_that_is_a_directory_is_repaired(train_shards, straight, tmp_path
 def test_export_reader_verifies_with_the_trainers_rules(straight, tmp_path, caplog):
     """isaac-export / isaac-eval pick checkpoints with the same rules: a missing COMPLETE marker and a manifest
     that lists no files are both logged and passed over, and a step directory given by name is refused."""
-    from isaac_train.export.reader import resolve_checkpoint
+    from isaac_train.trained import resolve_checkpoint
 
     run = copy_run(straight, tmp_path / "run")
     newest, older = (run / "checkpoints" / f"step_{step:07d}" for step in (STEPS, STEPS - 2))

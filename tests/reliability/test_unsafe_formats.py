@@ -89,7 +89,7 @@ def test_planted_deepspeed_state_file_is_refused(train_shards, zero_run, tmp_pat
 
 
 def test_zero_skips_a_nan_step_like_the_others(zero_run):
-    from isaac_train.export.reader import load_trained
+    from isaac_train.trained import load_trained
 
     records = {r["step"]: r for r in map(json.loads, (zero_run / "metrics.jsonl").read_text().splitlines())}
     assert records[2]["loss"] == "nan" and records[2]["skipped_steps"] == 1 and records[3]["skipped_steps"] == 1

@@ -1,4 +1,6 @@
-"""Read a training checkpoint of any strategy back into one process, whatever number of processes wrote it.
+"""Read a training checkpoint of any strategy back into one process, whatever number of processes wrote it: what
+isaac-export exports and isaac-eval evaluates (both import it from here, below them; the model comes from the
+factory, isaac_train/factory.py, as in training).
 
     load_trained("/runs/a")                          # the run's latest checkpoint
     load_trained("/runs/a/checkpoints/step_0001000")
@@ -22,13 +24,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..checkpoint.safe_load import deepspeed_loads, load_dcp_state, load_state_file
-from ..config.schema import Config, validate
+from .checkpoint.safe_load import deepspeed_loads, load_dcp_state, load_state_file
+from .config.schema import Config, validate
 
 
 @dataclass
 class TrainedRun:
-    """A checkpoint loaded for export: the model as trained (peft-wrapped under LoRA, fp32, CPU)."""
+    """A checkpoint loaded for export or evaluation: the model as trained (peft-wrapped under LoRA, fp32, CPU)."""
 
     cfg: Config
     checkpoint: Path
@@ -42,8 +44,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     (newer ones that do not, a missing COMPLETE marker included, are logged and skipped); a step directory ->
     itself, if it verifies. The rules are the trainer's (integrity.verify: every file listed, none missing from
     what the format needs, sizes and sha256)."""
-    from ..checkpoint.integrity import verify
-    from ..checkpoint.manager import CheckpointManager
+    from .checkpoint.integrity import verify
+    from .checkpoint.manager import CheckpointManager
 
     path = Path(path)
     if path.name == "latest" and path.is_symlink():
@@ -124,7 +126,7 @@ def _add_frozen_from_module_states(state: dict[str, torch.Tensor], directory: Pa
 
 def load_trained(path: str | Path) -> TrainedRun:
     """The checkpoint at `path` (see resolve_checkpoint) as a model in this process."""
-    from .. import factory
+    from . import factory
 
     checkpoint = resolve_checkpoint(path)
     meta = json.loads((checkpoint / "trainer_state.json").read_text())
