@@ -568,7 +568,7 @@ def part_model(ctx: Ctx) -> None:
 def measure_training(ctx: Ctx, cfg, model_config, cpu_batch, warm: int, timed: int, label: str) -> dict:
     import torch
 
-    from isaac_train.distributed.setup import DistEnv
+    from isaac_train.dist_env import DistEnv
     from isaac_train.metrics.flops import model_parts, step_flops
     from isaac_train.model import isaac_of
     from isaac_train.train import build
@@ -669,7 +669,7 @@ def part_syncs(ctx: Ctx) -> None:
                    "model.activation_checkpointing=false", f"model.attn_backend={ctx.attn_backend}"])
     res = ctx.results
     res.update(model=describe_config(config), row=describe_batch(batch), training="full, no compile, no checkpointing")
-    from isaac_train.distributed.setup import DistEnv
+    from isaac_train.dist_env import DistEnv
 
     env = DistEnv(device=device)
     strategy = setup_strategy(cfg, config, env, build_on_device=True)
@@ -726,7 +726,7 @@ def part_strategies(ctx: Ctx) -> None:
     import torch
     import torch.distributed as dist
 
-    from isaac_train.distributed.setup import DistEnv
+    from isaac_train.dist_env import DistEnv
 
     class DDPOneRank(DistEnv):
         """World size 1 that counts as distributed: LocalStrategy wraps the model in DDP (strategy=ddp) and the

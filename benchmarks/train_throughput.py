@@ -312,7 +312,7 @@ def make_trainer(spec: dict[str, Any]):
     from safetensors.torch import load_file
     from transformers.initialization import no_init_weights
 
-    from isaac_train.distributed.setup import DistEnv
+    from isaac_train.dist_env import DistEnv
     from isaac_train.distributed.strategy import make_strategy
     from isaac_train.factory import set_trainable
     from isaac_train.model import IsaacForConditionalGeneration

@@ -40,7 +40,7 @@ H100_HBM_GBPS = 3350  # H100 SXM datasheet peak; a streaming read reaches about 
 def trainer(size: str, run_dir: Path):
     """The loop's pieces as train() builds them: config, strategy (single), loader over the demo data."""
     from isaac_train import factory
-    from isaac_train.distributed.setup import DistEnv
+    from isaac_train.dist_env import DistEnv
     from isaac_train.distributed.strategy import make_strategy
     from isaac_train.train import build
     from isaac_train.train.cli import compose_config

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..distributed.setup import DistEnv
+from ..dist_env import DistEnv
 from . import integrity
 from .integrity import COMPLETE
 from .safe_load import load_state_file

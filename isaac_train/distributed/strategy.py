@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.safe_load import load_dcp_state, load_state_file
-from .setup import DistEnv
+from ..dist_env import DistEnv
 
 ModelFactory = Callable[[torch.device | str], nn.Module]
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import torch.distributed as dist
 
-from .setup import DistEnv
+from ..dist_env import DistEnv
 
 logger = logging.getLogger(__name__)
 GRACE_S = 15  # beyond the collective timeout, so that the others' collective error (naming this rank) comes first

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from isaac_train.distributed.setup import DistEnv, shutdown_and_exit
+from isaac_train.dist_env import DistEnv
+from isaac_train.distributed.setup import shutdown_and_exit
 from isaac_train.eval.generate import answers_on_rank, merge_answers
 from isaac_train.eval.samples import read_eval_samples
 from isaac_train.model import IsaacForConditionalGeneration

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from isaac_train.checkpoint.manager import CheckpointManager
 from isaac_train.data.packing import build_batch, item_from_sample
-from isaac_train.distributed.setup import DistEnv
+from isaac_train.dist_env import DistEnv
 from isaac_train.distributed.strategy import LocalStrategy
 from isaac_train.train.cli import compose_config
 from isaac_train.train.loop import REQUEUE_EXIT_CODE, train
