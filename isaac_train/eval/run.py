@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metrics.logger import write_predictions
 from .generate import answers_on_rank, merge_answers
 from .samples import EvalSample
 from .score import metric_for, score, summarize
@@ -51,15 +52,6 @@ def evaluate(model, processor, samples: list[EvalSample], env=None, metric: str 
     answers = predict(model, processor, samples, env=env, synced=synced, **options)
     rows = score_rows(samples, answers, metric)
     return EvalResult(rows, summarize(rows))
-
-
-def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
-    """Prediction rows as JSON lines at `path`, written whole or not at all (a temporary file, renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    tmp.replace(path)
-    return path
 
 
 def write_results(result: EvalResult, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -19,6 +19,16 @@ STEP_FILES = ("metrics.jsonl", "samples.jsonl")
 EVAL_DIR = "eval"  # eval/step_NNNNNNN.jsonl: the predictions of each periodic evaluation
 
 
+def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Prediction rows as JSON lines at `path` (a periodic evaluation's eval/step_N.jsonl, isaac-eval's
+    predictions.jsonl), written whole or not at all (a temporary file, renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 class MetricsLogger:
     """`log(step, metrics)` appends one JSON object per logged step to run_dir/metrics.jsonl (rank 0);
     `ledger(step, keys)` the sample keys each rank trained on in that step to samples.jsonl (logging.ledger).
@@ -75,8 +85,6 @@ class MetricsLogger:
         """An evaluation's prediction rows as eval/step_NNNNNNN.jsonl (rank 0); its path."""
         if self.rank != 0:
             return None
-        from ..eval.run import write_predictions
-
         return write_predictions(self.path.parent / EVAL_DIR / f"step_{step:07d}.jsonl", rows)
 
     def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
