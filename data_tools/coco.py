@@ -40,7 +40,7 @@ import PIL.Image
 
 from isaac_train.processing.grid import GRID, outside_image, xywh_corners, xywh_to_grid
 
-from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, check_image, read_image_ref
+from .converters import Converted, Converter, InputError, Item, Skip, check_image, read_image_ref
 from .plain_pickle import load_plain_pickle, looks_like_pickle
 
 HINT = "<hint>BOX</hint>"
@@ -400,5 +400,3 @@ class Coco(Converter):
                   "messages": grounding_messages(expression, box_tag(expression, box)), "meta": meta}
         return Converted(sample, members)
 
-
-FORMATS[Coco.name] = Coco

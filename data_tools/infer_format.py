@@ -27,7 +27,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .converters import CAPTION_FILES, FORMATS, IMAGE_EXTENSIONS, InputError
+from .basic import CAPTION_FILES
+from .converters import IMAGE_EXTENSIONS, InputError
+from .formats import FORMATS
 from .interleaved import Mmc4, Obelics
 from .preference import preference_kind
 from .refcoco import LAYOUTS, Refcoco

@@ -36,7 +36,6 @@ from typing import Any
 from isaac_train.data.records import _as_list, _content_items
 
 from .converters import (
-    FORMATS,
     IMAGE_EXTENSIONS,
     IMAGE_MARKER,
     Converted,
@@ -359,6 +358,3 @@ class Mmc4(DocumentConverter):
         return build_document(mmc4_pieces(obj, where, self.image_position), self.root, where, self.options,
                               self.joiner, _sample_id(obj) if isinstance(obj, dict) else None)
 
-
-for _format in (DocumentsJsonl, Obelics, Mmc4):
-    FORMATS[_format.name] = _format

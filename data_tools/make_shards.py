@@ -1,6 +1,6 @@
 """`isaac-data make-shards [--format FORMAT] INPUT OUT_DIR`: convert a dataset to Isaac shards with manifests.
 
-Formats (data_tools/converters.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, `coco` (COCO
+Formats (data_tools/formats.py): `chat-jsonl`, `llava`, `hf-dataset`, `image-folder`, `coco` (COCO
 instances JSON -> grounding samples, data_tools/coco.py and docs/grounding.md), `refcoco` (RefCOCO/+/g from the
 Hugging Face hub -> the same, data_tools/refcoco.py), and the interleaved documents
 `documents-jsonl`, `obelics`, `mmc4` (data_tools/interleaved.py), and the preference (DPO) pairs `trl-preference`,
@@ -34,7 +34,8 @@ from isaac_train.data.records import max_image_pixels as process_pixel_limit
 from isaac_train.data.shards import INDEX_NAME, ShardWriter
 from isaac_train.processing.limits import MAX_PIXELS
 
-from .converters import FORMATS, Converted, Converter, InputError, Item, Skip, build_converter
+from .converters import Converted, Converter, InputError, Item, Skip
+from .formats import FORMATS, build_converter
 from .infer_format import infer_format
 from .interleaved import MMC4_POSITIONS, URL_NAMES
 

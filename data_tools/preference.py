@@ -46,7 +46,6 @@ from typing import Any
 from isaac_train.data.records import ROLES, _as_list, _content_items
 
 from .converters import (
-    FORMATS,
     Converted,
     Converter,
     HfInput,
@@ -349,6 +348,3 @@ class RlaifV(PreferenceConverter):
         return convert_pair(prompt, obj["chosen"], obj["rejected"], _as_list(image), self.root, where,
                             _sample_id(obj))
 
-
-for _format in (TrlPreference, LlamaFactoryPreference, RlaifV):
-    FORMATS[_format.name] = _format

@@ -38,9 +38,8 @@ import PIL.Image
 
 from isaac_train.processing.grid import box_to_grid, exact, outside_image, xywh_corners
 
-from . import coco  # (a module, not its names: importing data_tools.coco first imports this one half-way)
+from . import coco
 from .converters import (
-    FORMATS,
     Converted,
     Converter,
     HfInput,
@@ -296,5 +295,3 @@ class Refcoco(Converter):
                                         f"{width}x{height}; the box would be placed wrongly")
         return [(f"0.{ext}", encoded)], width, height
 
-
-FORMATS[Refcoco.name] = Refcoco

@@ -13,7 +13,8 @@ import pytest
 
 from data_tools import cli, make_shards
 from data_tools.coco import HINT, coco_box_to_grid, escape_mention, grid_box_to_pixels
-from data_tools.converters import FORMATS, InputError, build_converter
+from data_tools.converters import InputError
+from data_tools.formats import FORMATS, build_converter
 from isaac_train.data.decode import encode_members, parse_sample
 from isaac_train.data.shards import ShardSet, read_sample
 from isaac_train.eval.metrics import grounding

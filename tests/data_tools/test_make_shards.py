@@ -12,7 +12,8 @@ import PIL.Image
 import pytest
 
 from data_tools import make_shards
-from data_tools.converters import InputError, build_converter, split_markers
+from data_tools.converters import InputError, split_markers
+from data_tools.formats import build_converter
 from isaac_train.data.decode import encode_members, parse_sample
 from isaac_train.data.shards import ShardSet, read_sample
 

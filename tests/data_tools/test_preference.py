@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 
 from data_tools import inspect_cmd, make_shards, stats, validate
-from data_tools.converters import build_converter
+from data_tools.formats import build_converter
 from data_tools.infer_format import infer_format
 
 from .test_make_shards import read_dataset, run_cli, save_image, write_jsonl

@@ -18,7 +18,8 @@ import pytest
 
 from data_tools import cli, make_shards
 from data_tools.coco import HINT
-from data_tools.converters import InputError, build_converter
+from data_tools.converters import InputError
+from data_tools.formats import build_converter
 from data_tools.infer_format import infer_format
 from isaac_train.eval.metrics import grounding
 from isaac_train.processing.grounding import parse_grounding

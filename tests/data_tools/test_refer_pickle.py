@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from data_tools import cli
-from data_tools.converters import InputError, build_converter
+from data_tools.converters import InputError
+from data_tools.formats import build_converter
 from data_tools.plain_pickle import load_plain_pickle
 
 from .test_coco import REFS, coco, convert, read_samples  # noqa: F401  (coco: the fixture)

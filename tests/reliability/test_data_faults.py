@@ -189,7 +189,7 @@ from pathlib import Path
 import PIL.Image
 
 from data_tools import make_shards
-from data_tools.converters import build_converter
+from data_tools.formats import build_converter
 from data_tools.inspect_cmd import image_info
 from data_tools.validate import ScanConfig, scan_sample
 from isaac_train.data.loader import LoaderSpec, PackedLoader, SourceSpec
