@@ -1,7 +1,9 @@
 """Every strategy trains like one process: 2 gloo processes (torchrun) on the same global batch as one process.
 
 One process with 2 loader workers and grad_accum=2 reads exactly what 2 ranks with 1 worker each read in one step
-(readers are numbered rank * workers + worker), so the losses must agree (fp32, 1e-5) for 20 steps.
+(readers are numbered rank * workers + worker), so the losses must agree (fp32, 1e-5) for 20 steps (sft) or 8
+(objective=dpo on preference pairs, with its frozen reference copy placed by the strategy, or LoRA's adapters
+disabled, under ddp, fsdp and zero3).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import load_file
 from isaac_train.export import export_checkpoint
 from isaac_train.export.writer import written_tensors
 
+from ..data_helpers import make_pair_shards
 from ..train.conftest import losses
 from .helpers import _env, _free_port, run_train, single_overrides, two_rank_overrides
 
@@ -24,50 +27,70 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(900)
 
-STEPS = 20
+STEPS = {"full": 20, "lora": 20, "dpo_copy": 8, "dpo_lora": 8}
 # dropout 0: dropout masks depend on how samples are spread over processes
 LORA = ["peft=lora", "model.train_decoder=lora", "model.train_vision=all", "peft.dropout=0"]
-MODES = {"full": [], "lora": LORA}
+DPO = ["objective=dpo"]
+MODES = {"full": [], "lora": LORA, "dpo_copy": DPO, "dpo_lora": [*DPO, *LORA]}
+DPO_STRATEGIES = ("ddp", "fsdp", "zero3")
+
+
+def modes_of(strategy: str) -> list[str]:
+    return [m for m in MODES if not m.startswith("dpo") or strategy in DPO_STRATEGIES]
+
+
+def mode_overrides(mode: str, shards: Path, pairs: Path) -> list[str]:
+    return [*MODES[mode], f"train.max_steps={STEPS[mode]}",
+            f"data.train_shards={pairs if mode.startswith('dpo') else shards}"]
 
 
 @pytest.fixture(scope="module")
-def single_losses(train_shards, tmp_path_factory):
+def pair_shards(tmp_path_factory) -> Path:
+    """48 preference pairs (0-2 images in each prompt) in 6 shards: enough readers for 2 ranks x 1 worker."""
+    return make_pair_shards(tmp_path_factory.mktemp("pairs"), 48, per_shard=8, seed=2)
+
+
+@pytest.fixture(scope="module")
+def single_losses(train_shards, pair_shards, tmp_path_factory):
     """Losses and exported weights of the one-process runs, per mode (computed once for all strategies)."""
     cache: dict[str, tuple[dict[int, float], dict[str, torch.Tensor]]] = {}
 
     def get(mode: str) -> tuple[dict[int, float], dict[str, torch.Tensor]]:
         if mode not in cache:
             out = tmp_path_factory.mktemp(f"single_{mode}")
-            run_train(single_overrides(train_shards, out, f"train.max_steps={STEPS}", "run.export=true", *MODES[mode]))
+            run_train(single_overrides(train_shards, out, "run.export=true", *mode_overrides(mode, train_shards,
+                                                                                            pair_shards)))
             cache[mode] = losses(out), load_file(out / "hf" / "model.safetensors")
         return cache[mode]
 
     return get
 
 
-def _train_every_mode(out: Path, overrides: list[str]) -> None:
+def _train_every_mode(out: Path, strategy: str, shards: Path, pairs: Path, overrides: list[str]) -> None:
     """Under torchrun: one run per mode in the same 2 processes (out/MODE), one launch per strategy."""
     from isaac_train.distributed.setup import shutdown_and_exit
     from isaac_train.train.cli import compose_config
     from isaac_train.train.loop import train
 
-    for mode, extra in MODES.items():
-        result = train(compose_config([*overrides, *extra, f"run.output_dir={out / mode}"]))
+    for mode in modes_of(strategy):
+        result = train(compose_config([*overrides, *mode_overrides(mode, shards, pairs),
+                                       f"run.output_dir={out / mode}"]))
     shutdown_and_exit(result.env, 0)
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(train_shards, tmp_path_factory):
+def two_process_runs(train_shards, pair_shards, tmp_path_factory):
     """strategy -> the directory holding its 2-process run of each mode (launched once per strategy)."""
     runs: dict[str, Path] = {}
 
     def get(strategy: str) -> Path:
         if strategy not in runs:
             out = tmp_path_factory.mktemp(f"two_{strategy}")
-            overrides = [o for o in two_rank_overrides(train_shards, out, strategy, f"train.max_steps={STEPS}",
-                                                       "run.export=true") if not o.startswith("run.output_dir=")]
+            overrides = [o for o in two_rank_overrides(train_shards, out, strategy, "run.export=true")
+                         if not o.startswith(("run.output_dir=", "train.max_steps=", "data.train_shards="))]
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                   f"--master_port={_free_port()}", "-m", "tests.distributed.test_strategies", str(out), *overrides]
+                   f"--master_port={_free_port()}", "-m", "tests.distributed.test_strategies", str(out), strategy,
+                   str(train_shards), str(pair_shards), *overrides]
             run = subprocess.run(cmd, capture_output=True, text=True, timeout=800, env=_env(), cwd=ROOT)
             assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-5000:]}"
             runs[strategy] = out
@@ -76,17 +99,18 @@ def two_process_runs(train_shards, tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "zero1", "zero2", "zero3"])
-def test_two_processes_match_one(train_shards, single_losses, two_process_runs, strategy, mode):
+@pytest.mark.parametrize(("strategy", "mode"), [(s, m) for s in ("ddp", "fsdp", "zero1", "zero2", "zero3")
+                                                for m in modes_of(s)])
+def test_two_processes_match_one(single_losses, two_process_runs, strategy, mode):
     if strategy.startswith("zero"):
         pytest.importorskip("deepspeed")
     tmp_path = two_process_runs(strategy) / mode
     (expected, expected_weights), got = single_losses(mode), losses(tmp_path)
-    assert expected.keys() == got.keys() == set(range(1, STEPS + 1))
+    steps = STEPS[mode]
+    assert expected.keys() == got.keys() == set(range(1, steps + 1))
     for step in expected:
         assert abs(expected[step] - got[step]) < 1e-5, (strategy, mode, step, expected[step], got[step])
-    assert got[STEPS] < got[1] - 0.2, "the run must actually train"
+    assert got[steps] < got[1] - (0.02 if mode.startswith("dpo") else 0.2), "the run must actually train"
     # the export gathers the sharded weights (and merges LoRA) into the same model the single process exports
     weights = load_file(tmp_path / "hf" / "model.safetensors")
     assert weights.keys() == expected_weights.keys()
@@ -112,4 +136,4 @@ def test_fsdp_bf16_mixed_precision_trains_like_autocast(train_shards, tmp_path):
 
 
 if __name__ == "__main__":
-    _train_every_mode(Path(sys.argv[1]), sys.argv[2:])
+    _train_every_mode(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5:])
