@@ -17,7 +17,7 @@ from isaac_train.distributed.strategy import LocalStrategy
 from isaac_train.train.cli import compose_config
 from isaac_train.train.loop import REQUEUE_EXIT_CODE, train
 
-from ..data_helpers import chat_sample
+from ..data_helpers import chat_sample, make_pair_shards
 from .conftest import losses, run_cli, tiny_overrides
 
 # First losses of the tiny run (tiny_overrides, 4 steps), pinned when the loop was written: any change to the
@@ -87,9 +87,11 @@ def test_frozen_weights_stay_bit_identical_with_lora(train_shards, tmp_path):
     assert any(not torch.equal(after[k], initial[k]) for k in trained)
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_kill_9_and_resume_gives_bit_identical_weights(train_shards, tmp_path, lora):
-    extra = ["peft=lora", "model.train_decoder=lora", "peft.dropout=0.1"] if lora else []
+@pytest.mark.parametrize("mode", ["full", "lora", "dpo"])
+def test_kill_9_and_resume_gives_bit_identical_weights(train_shards, tmp_path, mode):
+    """dpo: full fine-tuning on pairs, its frozen reference copy rebuilt from the starting weights on resume."""
+    extra = {"full": [], "lora": ["peft=lora", "model.train_decoder=lora", "peft.dropout=0.1"],
+             "dpo": ["objective=dpo", f"data.train_shards={make_pair_shards(tmp_path / 'pairs', 40)}"]}[mode]
     straight = tmp_path / "straight"
     assert run_cli(tiny_overrides(train_shards, straight, *extra)).returncode == 0
     interrupted = tmp_path / "interrupted"
