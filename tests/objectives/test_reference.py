@@ -7,12 +7,12 @@ from __future__ import annotations
 import torch
 
 from isaac_train.data.packing import build_batch, item_from_pair
-from isaac_train.distributed.setup import DistEnv
+from isaac_train.dist_env import DistEnv
 from isaac_train.distributed.strategy import LocalStrategy
+from isaac_train.factory import frozen_factory, model_config, model_factory
 from isaac_train.model import IsaacForConditionalGeneration
 from isaac_train.model.tiny import tiny_config
 from isaac_train.objectives import make_objective
-from isaac_train.train.build import frozen_factory, model_config, model_factory
 from isaac_train.train.cli import compose_config
 
 from ..conftest import randomize_
