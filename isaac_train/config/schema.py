@@ -150,6 +150,8 @@ class ObjectiveConfig:
     reference: str = "auto"  # dpo: auto (adapters disabled under LoRA, else a frozen copy) | adapters | copy | none
     vision_per_pair: bool = True  # dpo: a pair's two documents share one pass of the vision tower
     disable_dropout: bool = True  # dpo: dropout off in the policy (TRL's default): policy and reference agree at start
+    precompute_reference: bool = False  # dpo: the reference scores the data once before training (no second model)
+    reference_logps: str | None = None  # dpo: where that table is kept (default <run.output_dir>/reference_logps.json)
 
 
 @dataclass
@@ -314,3 +316,5 @@ def _check_objective(ob: ObjectiveConfig, p: PeftConfig) -> None:
            "adapters (the model with its LoRA adapters disabled) needs peft=lora; use auto or copy")
     _check((ob.reference == "none") == (ob.loss_type == "simpo") or ob.reference == "auto", "objective.reference",
            "none goes with objective.loss_type=simpo (reference-free) only, and simpo needs none (or auto)")
+    _check(not ob.precompute_reference or ob.loss_type != "simpo", "objective.precompute_reference",
+           "simpo is reference-free: there is nothing to precompute; set objective.precompute_reference=false")

@@ -4,7 +4,9 @@ The loop (train/loop.py) keeps its shape for every objective; an objective decid
 
     pairs                          what the loader makes of a sample (False: one document; True: a preference
                                    pair, two documents packed together in one row)
-    setup(strategy, make_frozen)   what it needs besides the policy (a reference model)
+    setup(strategy, make_frozen, data)
+                                   what it needs besides the policy (a reference model; reference log-probs
+                                   computed in one pass over `data`, a RunData)
     count(batch) -> int            this micro-batch's share of the step's normaliser (label tokens, pairs)
     micro_step(strategy, batch, scale) -> (loss sum, stats)
                                    forward + backward of one micro-batch (`scale`: world / global count);
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Objective
+from .base import Objective, RunData
 
 
 def make_objective(cfg: Any) -> Objective:
@@ -32,8 +34,8 @@ def make_objective(cfg: Any) -> Objective:
     if name == "dpo":
         from .dpo import DPO
 
-        return DPO(cfg.objective, lora=cfg.peft.kind == "lora")
+        return DPO(cfg)
     raise ValueError(f"objective={name!r}: choose sft or dpo")
 
 
-__all__ = ["Objective", "make_objective"]
+__all__ = ["Objective", "RunData", "make_objective"]

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+
+@dataclass
+class RunData:
+    """What an objective may read before the first step (setup): `batches_of(split)` is one pass over the "train"
+    or "eval" data's packed batches, in order, every rank reading all of them (None: no such split); `sources` the
+    shard specs (train/data prepare_data), for fingerprints."""
+
+    batches_of: Callable[[str], Iterable[Any] | None]
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 class Objective:
@@ -14,8 +26,9 @@ class Objective:
     pairs = False  # the loader makes preference pairs (two documents packed together) instead of samples
     stat_names: tuple[str, ...] = ()  # per-step sums the objective reports (summed over micro-batches and ranks)
 
-    def setup(self, strategy: Any, make_frozen: Any) -> None:
-        """After the strategy is set up: build what else the objective needs (a reference model)."""
+    def setup(self, strategy: Any, make_frozen: Any, data: RunData | None = None) -> None:
+        """After the strategy is set up, before a checkpoint is resumed: build what else the objective needs (a
+        reference model, reference log-probabilities computed over `data`)."""
 
     def count(self, batch: Any) -> int:
         """This micro-batch's part of the step's normaliser: the loss is the sum over micro-batches and ranks of

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from .base import Objective
+from . import reference_table
+from .base import Objective, RunData
 from .preference_loss import preference_losses
 from .reference import Reference, resolve_reference
+from .reference_table import ReferenceTable, fingerprint, table_path
 
 STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
          "logps/rejected")
@@ -38,21 +40,42 @@ class DPO(Objective):
     pairs = True
     stat_names = STATS
 
-    def __init__(self, options, lora: bool) -> None:
-        self.options = options
-        self.reference = Reference(resolve_reference(options.reference, lora, options.loss_type))
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.options = options = cfg.objective
+        self.reference = Reference(resolve_reference(options.reference, cfg.peft.kind == "lora", options.loss_type))
+        self.table: ReferenceTable | None = None  # precomputed reference log-probs (objective.precompute_reference)
 
-    def setup(self, strategy, make_frozen) -> None:
+    def setup(self, strategy, make_frozen, data: RunData | None = None) -> None:
         if self.options.disable_dropout:  # as TRL does: the policy's log-probs are not noise around the reference's
             disable_dropout(strategy.eval_model)
-        self.reference.setup(strategy, make_frozen)
+        if not self.options.precompute_reference:
+            self.reference.setup(strategy, make_frozen)
+            return
+        if data is None:
+            raise ValueError("objective.precompute_reference needs the run's data (RunData) at setup")
+        path, expected, env = table_path(self.cfg), fingerprint(self.cfg, data.sources), strategy.env
+        self.table = reference_table.load(path, expected, env)
+        if self.table is None:  # one pass of the reference over the data, then it is freed
+            self.reference.setup(strategy, make_frozen)
+            device = env.device
+            self.table = reference_table.compute(
+                path, expected, lambda b: self.reference.logps(strategy, b.to(device).model_inputs()),
+                data.batches_of, env, self.cfg.logging.progress)
+            self.reference.release()
+
+    def reference_logps(self, strategy, batch, split: str) -> torch.Tensor | None:
+        """The reference's per-answer log-probs of `batch` (on its device): from the table, else a forward."""
+        if self.table is not None:
+            return self.table.logps(split, batch.sample_keys, batch.input_ids.device)
+        return self.reference.logps(strategy, batch.model_inputs())
 
     def count(self, batch) -> int:
         return batch.num_pairs
 
     def micro_step(self, strategy, batch, scale):
         inputs = batch.model_inputs()
-        ref = self.reference.logps(strategy, inputs)
+        ref = self.reference_logps(strategy, batch, "train")
         stats: list[torch.Tensor] = []
 
         def loss_of(out) -> torch.Tensor:
@@ -88,9 +111,10 @@ class DPO(Objective):
         total = torch.zeros(1 + len(STATS), dtype=torch.float64, device=device)
         pairs = 0
         for batch in batches:
-            inputs = batch.to(device).model_inputs()
-            logps = strategy.forward_frozen(strategy.eval_model, inputs).group_logps
-            loss, stats = self.pair_terms(logps, self.reference.logps(strategy, inputs), batch.layout.group_tokens)
+            batch = batch.to(device)
+            logps = strategy.forward_frozen(strategy.eval_model, batch.model_inputs()).group_logps
+            loss, stats = self.pair_terms(logps, self.reference_logps(strategy, batch, "eval"),
+                                          batch.layout.group_tokens)
             total += torch.cat([loss[None], stats]).double()
             pairs += batch.num_pairs
         values = (total / max(pairs, 1)).tolist()

@@ -50,6 +50,15 @@ class Reference:
         elif self.kind == "adapters":
             peft_model_of(strategy.eval_model)  # refuse early when there are no adapters
 
+    def release(self) -> None:
+        """Free the frozen copy (its log-probs were precomputed: objectives/reference_table.py)."""
+        self.model = None
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def logps(self, strategy: Any, inputs: dict[str, Any]) -> torch.Tensor | None:
         if self.kind == "none":
             return None

@@ -48,7 +48,7 @@ from ..metrics.logger import MetricsLogger
 from ..metrics.plot import draw_quietly
 from ..metrics.window import StepWindow
 from ..model import isaac_of
-from ..objectives import Objective, make_objective
+from ..objectives import Objective, RunData, make_objective
 from ..objectives.sft import SFT
 from ..precision import describe_parameter_memory
 from . import build
@@ -149,7 +149,10 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
     strategy.setup(factory.model_factory(cfg, model_config), lambda m: build.build_optimizer(m, cfg),
                    lambda o: build.build_scheduler(o, cfg))
     objective = make_objective(cfg)
-    objective.setup(strategy, factory.frozen_factory(cfg, model_config))
+    objective.setup(strategy, factory.frozen_factory(cfg, model_config), RunData(
+        lambda split: None if data[split] is None else build.build_loader(
+            cfg, processor, data[split], data["weights"] if split == "train" else None, train=False),
+        sources={"train": data["train"], "weights": data["weights"], "eval": data["eval"]}))
     isaac = isaac_of(strategy.model)
     loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True, rank=env.rank,
                                 world_size=env.world_size)

@@ -27,16 +27,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(900)
 
-STEPS = {"full": 20, "lora": 20, "dpo_copy": 8, "dpo_lora": 8}
+STEPS = {"full": 20, "lora": 20, "dpo_copy": 8, "dpo_lora": 8, "dpo_table": 8}
 # dropout 0: dropout masks depend on how samples are spread over processes
 LORA = ["peft=lora", "model.train_decoder=lora", "model.train_vision=all", "peft.dropout=0"]
 DPO = ["objective=dpo"]
-MODES = {"full": [], "lora": LORA, "dpo_copy": DPO, "dpo_lora": [*DPO, *LORA]}
-DPO_STRATEGIES = ("ddp", "fsdp", "zero3")
+MODES = {"full": [], "lora": LORA, "dpo_copy": DPO, "dpo_lora": [*DPO, *LORA],
+         "dpo_table": [*DPO, "objective.precompute_reference=true"]}  # the reference's pass over the data, sharded
+ONLY = {"dpo_copy": ("ddp", "fsdp", "zero3"), "dpo_lora": ("ddp", "fsdp", "zero3"), "dpo_table": ("fsdp",)}
 
 
 def modes_of(strategy: str) -> list[str]:
-    return [m for m in MODES if not m.startswith("dpo") or strategy in DPO_STRATEGIES]
+    return [m for m in MODES if strategy in ONLY.get(m, (strategy,))]
 
 
 def mode_overrides(mode: str, shards: Path, pairs: Path) -> list[str]:
