@@ -29,7 +29,7 @@ def needs(paths) -> list[str]:
 
 def test_the_recipes_we_document_exist():
     assert {"demo_cpu", "sft_lora", "sft_full", "sft_unfreeze_vision", "caption_pretrain",
-            "interleaved_pretrain"} <= set(RECIPES)
+            "interleaved_pretrain", "dpo_lora", "dpo_full"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
