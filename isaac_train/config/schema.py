@@ -147,7 +147,7 @@ class ObjectiveConfig:
     label_smoothing: float = 0.0  # dpo sigmoid / simpo: the assumed probability that a pair's labels are flipped
     simpo_gamma: float = 0.5  # simpo: the target reward margin (TRL's simpo_gamma)
     rpo_alpha: float | None = None  # dpo: weight of an NLL term on the chosen answer (RPO); null: none
-    reference: str = "auto"  # dpo: auto (adapters disabled under LoRA, else a frozen copy) | adapters | copy | none
+    reference: str = "auto"  # dpo: auto (adapters off if only LoRA trains, else a frozen copy) | adapters | copy | none
     vision_per_pair: bool = True  # dpo: a pair's two documents share one pass of the vision tower
     disable_dropout: bool = True  # dpo: dropout off in the policy (TRL's default): policy and reference agree at start
     precompute_reference: bool = False  # dpo: the reference scores the data once before training (no second model)
@@ -293,12 +293,12 @@ def validate(cfg: Config) -> None:
     _check(bool(cfg.run.output_dir), "run.output_dir", "must be set")
     _check(cfg.run.export_dtype in ("auto", "fp32", "bf16"), "run.export_dtype", "choose auto, fp32 or bf16")
     _check(cfg.run.export_lora in ("merge", "adapter"), "run.export_lora", "choose merge or adapter")
-    _check_objective(cfg.objective, p)
+    _check_objective(cfg.objective, p, m)
     _check(cfg.run.export_lora != "adapter" or (p.kind == "lora" and m.pretrained is not None), "run.export_lora",
            "adapter needs peft=lora and a base checkpoint (model.pretrained); use run.export_lora=merge")
 
 
-def _check_objective(ob: ObjectiveConfig, p: PeftConfig) -> None:
+def _check_objective(ob: ObjectiveConfig, p: PeftConfig, m: ModelConfig) -> None:
     _check(ob.name in ("sft", "dpo"), "objective", f"{ob.name!r}; choose objective=sft or objective=dpo")
     if ob.name != "dpo":
         return
@@ -314,6 +314,9 @@ def _check_objective(ob: ObjectiveConfig, p: PeftConfig) -> None:
            f"{ob.reference!r}; choose auto, adapters, copy or none")
     _check(ob.reference != "adapters" or p.kind == "lora", "objective.reference",
            "adapters (the model with its LoRA adapters disabled) needs peft=lora; use auto or copy")
+    _check(ob.reference != "adapters" or (not m.train_projector and m.train_vision == "none"), "objective.reference",
+           "adapters is the starting model only when nothing but the LoRA adapters trains: set "
+           "model.train_projector=false and model.train_vision=none, or objective.reference=copy (auto picks copy)")
     _check((ob.reference == "none") == (ob.loss_type == "simpo") or ob.reference == "auto", "objective.reference",
            "none goes with objective.loss_type=simpo (reference-free) only, and simpo needs none (or auto)")
     _check(not ob.precompute_reference or ob.loss_type != "simpo", "objective.precompute_reference",

@@ -43,7 +43,7 @@ class DPO(Objective):
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self.options = options = cfg.objective
-        self.reference = Reference(resolve_reference(options.reference, cfg.peft.kind == "lora", options.loss_type))
+        self.reference = Reference(resolve_reference(options.reference, cfg))
         self.table: ReferenceTable | None = None  # precomputed reference log-probs (objective.precompute_reference)
 
     def setup(self, strategy, make_frozen, data: RunData | None = None) -> None:

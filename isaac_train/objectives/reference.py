@@ -1,7 +1,8 @@
 """The reference model of a preference objective, without a second copy where none is needed.
 
 - `adapters`: under LoRA the reference is the policy itself with its adapters disabled (peft's disable_adapter):
-  the base weights, no second copy.
+  the base weights, no second copy. Only when nothing else trains (model.train_projector=false,
+  model.train_vision=none): disabling the adapters does not undo a trained projector's or vision tower's updates.
 - `copy`: a frozen copy of the starting weights (model.pretrained, or the seeded initialisation), built by the
   same factory as the policy with everything frozen, its weights in bf16 under train.precision=bf16, and placed
   by the strategy as it places the policy (Strategy.frozen_copy: sharded under fsdp / zero3).
@@ -20,12 +21,21 @@ import torch
 from torch import nn
 
 
-def resolve_reference(setting: str, lora: bool, loss_type: str) -> str:
+def only_adapters_train(cfg: Any) -> bool:
+    """Under LoRA, nothing but the adapters trains (no projector, no vision weights): only then is the policy with its
+    adapters disabled the starting model."""
+    m = cfg.model
+    return cfg.peft.kind == "lora" and not m.train_projector and m.train_vision == "none"
+
+
+def resolve_reference(setting: str, cfg: Any) -> str:
+    """auto: none for simpo; the adapters disabled when only LoRA adapters train; else a frozen copy (a trained
+    projector or vision tower would move an adapters-disabled reference along with the policy)."""
     if setting != "auto":
         return setting
-    if loss_type == "simpo":
+    if cfg.objective.loss_type == "simpo":
         return "none"
-    return "adapters" if lora else "copy"
+    return "adapters" if only_adapters_train(cfg) else "copy"
 
 
 def peft_model_of(model: nn.Module) -> nn.Module:

@@ -31,7 +31,9 @@ STEPS = {"full": 20, "lora": 20, "dpo_copy": 8, "dpo_lora": 8, "dpo_table": 8}
 # dropout 0: dropout masks depend on how samples are spread over processes
 LORA = ["peft=lora", "model.train_decoder=lora", "model.train_vision=all", "peft.dropout=0"]
 DPO = ["objective=dpo"]
-MODES = {"full": [], "lora": LORA, "dpo_copy": DPO, "dpo_lora": [*DPO, *LORA],
+# dpo under LoRA with only the adapters training: the reference is the policy with its adapters disabled
+DPO_LORA = ["peft=lora", "model.train_decoder=lora", "model.train_projector=false", "peft.dropout=0"]
+MODES = {"full": [], "lora": LORA, "dpo_copy": DPO, "dpo_lora": [*DPO, *DPO_LORA],
          "dpo_table": [*DPO, "objective.precompute_reference=true"]}  # the reference's pass over the data, sharded
 ONLY = {"dpo_copy": ("ddp", "fsdp", "zero3"), "dpo_lora": ("ddp", "fsdp", "zero3"), "dpo_table": ("fsdp",)}
 

@@ -14,7 +14,8 @@ from ..data_helpers import make_pair_shards
 from ..train.conftest import tiny_overrides
 
 
-@pytest.mark.parametrize("extra", [[], ["peft=lora", "data.rows_per_batch=2", "train.grad_accum=2"]],
+@pytest.mark.parametrize("extra", [[], ["peft=lora", "model.train_projector=false", "data.rows_per_batch=2",
+                                                "train.grad_accum=2"]],
                          ids=["copy", "adapters"])
 def test_first_step_loss_is_log_2(tmp_path, extra):
     shards = make_pair_shards(tmp_path / "pairs", 24)

@@ -44,7 +44,7 @@ def setup(tmp_path, tiny_processor, *extra):
 
 
 def test_adapters_disabled_give_the_base_model_alone(tmp_path, tiny_processor):
-    strategy, objective, batch, expected = setup(tmp_path, tiny_processor, "peft=lora")
+    strategy, objective, batch, expected = setup(tmp_path, tiny_processor, "peft=lora", "model.train_projector=false")
     inputs = batch.model_inputs()
     assert objective.reference.kind == "adapters" and objective.reference.model is None  # no second copy
     gen = torch.Generator().manual_seed(0)
@@ -57,6 +57,23 @@ def test_adapters_disabled_give_the_base_model_alone(tmp_path, tiny_processor):
     torch.testing.assert_close(objective.reference.logps(strategy, inputs), expected, atol=1e-6, rtol=0)
     # and back on afterwards
     torch.testing.assert_close(strategy.forward_frozen(strategy.eval_model, inputs).group_logps, policy)
+
+
+def test_auto_takes_a_copy_when_more_than_the_adapters_trains(tmp_path):
+    """A trained projector (or vision tower) is not undone by disabling the adapters: auto takes a frozen copy, and
+    adapters is refused naming what to set."""
+    import pytest
+
+    from isaac_train.config.schema import ConfigError
+
+    shards = make_pair_shards(tmp_path / "pairs", 2)
+    base = tiny_overrides(shards, tmp_path / "run", "objective=dpo", "peft=lora")
+    assert make_objective(compose_config(base)).reference.kind == "copy"  # the projector trains by default
+    assert make_objective(compose_config([*base, "model.train_projector=false"])).reference.kind == "adapters"
+    assert make_objective(compose_config([*base, "model.train_projector=false", "model.train_vision=all"])
+                          ).reference.kind == "copy"
+    with pytest.raises(ConfigError, match="model.train_projector=false"):
+        compose_config([*base, "objective.reference=adapters"])
 
 
 def test_frozen_copy_is_the_starting_model_while_the_policy_trains(tmp_path, tiny_processor):
