@@ -33,6 +33,12 @@ PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("packing_efficiency", "packing efficiency (row fill)", ("packing_efficiency",)),
     ("mfu", "MFU", ("mfu",)),
     ("eval_metrics", "evaluation metrics", ("eval/*",)),
+    # objective=dpo (TRL's names; eval_*: held-out pairs)
+    ("rewards", "rewards (chosen, rejected, margin)", ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                                                       "eval_rewards/chosen", "eval_rewards/rejected",
+                                                       "eval_rewards/margins")),
+    ("reward_accuracy", "reward accuracy (chosen above rejected)", ("rewards/accuracies", "eval_rewards/accuracies")),
+    ("logps", "log-probabilities of the answers", ("logps/*", "eval_logps/*")),
 )
 
 _missing_reported = False  # draw_quietly says once per process that matplotlib is missing

@@ -25,3 +25,5 @@ def test_first_step_loss_is_log_2(tmp_path, extra):
     first = json.loads(next(line for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line))
     assert abs(first["loss"] - math.log(2)) < 1e-6
     assert first["rewards/accuracies"] == 0.0 and abs(first["rewards/margins"]) < 1e-6
+    for plot in ("rewards.png", "reward_accuracy.png", "logps.png"):  # drawn at the end of the run
+        assert (out / "plots" / plot).is_file(), plot
