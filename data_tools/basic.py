@@ -4,7 +4,6 @@ them in FORMATS with the other formats."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from .converters import (
     hf_row,
     load_hf_rows,
     load_images,
+    read_json_list,
 )
 
 CAPTION_FILES = ("captions.jsonl", "metadata.jsonl")
@@ -72,16 +72,10 @@ class Llava(Converter):
         super().__init__(input_path, image_root)
         if not self.input.is_file():
             raise InputError(f"{self.input} is not a file; llava takes a LLaVA-style .json (or .jsonl) file")
-        with open(self.input, encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
-        self.entries: list[Any] | None = None
-        if head.startswith("["):
-            try:
-                self.entries = json.loads(self.input.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise InputError(f"{self.input} is not valid JSON ({err}); llava expects a JSON list of entries "
-                                 "(or one entry a line as JSONL)") from err
-        elif not head.startswith("{"):
+        self.entries: list[Any] | None
+        self.entries, head = read_json_list(
+            self.input, "llava expects a JSON list of entries (or one entry a line as JSONL)")
+        if self.entries is None and not head.startswith("{"):
             raise InputError(f"{self.input} holds neither a JSON list nor JSON lines; llava expects "
                              '[{"id": ..., "image": ..., "conversations": [...]}, ...]')
 

@@ -88,6 +88,19 @@ class Converter:
         raise NotImplementedError
 
 
+def read_json_list(path: Path, expects: str, errors: str = "strict") -> tuple[list[Any] | None, str]:
+    """A file holding a JSON list (-> the list) or JSON lines (-> None: read it with _jsonl_items), and the head
+    of its text (to tell other contents apart); a list that does not parse is an InputError saying `expects`."""
+    with open(path, encoding="utf-8", errors=errors) as f:
+        head = f.read(4096).lstrip()
+    if not head.startswith("["):
+        return None, head
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), head
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path} is not valid JSON ({err}); {expects}") from err
+
+
 def _jsonl_items(path: Path) -> Iterator[Item]:
     """Non-blank lines of a JSONL file, numbered in order (the JSON is parsed in the workers)."""
     index = 0

@@ -59,6 +59,7 @@ from .converters import (
     hf_row,
     load_hf_rows,
     load_images,
+    read_json_list,
 )
 
 HF_SUFFIXES = (".parquet", ".arrow")
@@ -247,14 +248,8 @@ class PreferenceConverter(Converter):
         if not self.input.is_file():
             raise InputError(f"{self.input} is not a file; {self.name} takes a JSONL file, a JSON list or a "
                              "Hugging Face dataset")
-        with open(self.input, encoding="utf-8", errors="replace") as f:
-            head = f.read(4096).lstrip()
-        if head.startswith("["):
-            try:
-                self.entries = json.loads(self.input.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise InputError(f"{self.input} is not valid JSON ({err}); {self.name} expects a JSON list of "
-                                 "records or one record a line (JSONL)") from err
+        self.entries, _ = read_json_list(
+            self.input, f"{self.name} expects a JSON list of records or one record a line (JSONL)", errors="replace")
 
     def default_root(self) -> Path:
         return self.hf.folder if self.hf is not None else self.input.parent
