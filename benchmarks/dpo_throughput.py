@@ -79,7 +79,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -390,15 +389,11 @@ class MixResult:
 
 
 def run_child(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any]:
-    spec_path, result = tmp / f"{name}.spec.json", tmp / f"{name}.result.json"
-    spec_path.write_text(json.dumps({**spec, "result": str(result)}))
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "HF_HUB_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)], env=env,
-                          check=False)
-    if proc.returncode != 0 or not result.exists():
-        raise RuntimeError(f"the {name} run failed with exit status {proc.returncode}")
-    return json.loads(result.read_text())
+    # passive OpenMP waits: spinning threads made steps 5-10x slower with another process on the cores
+    result = tt.spawn_worker(Path(__file__).resolve(), spec, tmp, name, {"OMP_WAIT_POLICY": "PASSIVE"})
+    if result is None:
+        raise RuntimeError(f"the {name} run exited 0 without writing its result")
+    return result
 
 
 def logps_total(first: dict[str, Any]) -> float:

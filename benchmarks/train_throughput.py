@@ -451,17 +451,23 @@ class MixResult:
     loss_check: dict[str, Any] = field(default_factory=dict)
 
 
-def run_child(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any] | None:
+def spawn_worker(script: Path, spec: dict[str, Any], tmp: Path, name: str,
+                 env_defaults: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """`script --worker SPEC` in a fresh process (spec["threads"] threads, offline): the result it wrote, None if
+    none; a non-zero exit is an error. `env_defaults`: variables the caller's environment may override."""
     spec_path, result = tmp / f"{name}.spec.json", tmp / f"{name}.result.json"
     spec = {**spec, "result": str(result)}
     spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)], env=env,
-                          check=False)
+    env = {**(env_defaults or {}), **os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(script), "--worker", str(spec_path)], env=env, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"the {name} run failed with exit status {proc.returncode}")
     return json.loads(result.read_text()) if result.exists() else None
+
+
+def run_child(spec: dict[str, Any], tmp: Path, name: str) -> dict[str, Any] | None:
+    return spawn_worker(Path(__file__).resolve(), spec, tmp, name)
 
 
 def summarize(res: MixResult) -> None:
