@@ -5,8 +5,6 @@ JSON, markdown table). No timing is checked here."""
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,16 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from . import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "dpo_throughput.py"
 
 
-@functools.cache
 def _bench():
-    spec = importlib.util.spec_from_file_location("dpo_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["dpo_throughput"] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("dpo_throughput")
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ benchmark runs end to end (subprocess per run, JSON, markdown table). No timing 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,16 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from . import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
 
 
-@functools.cache
 def _bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_throughput"] = module  # dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_throughput")
 
 
 @pytest.mark.parametrize("mix", ["short", "long"])
