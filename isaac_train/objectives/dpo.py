@@ -64,18 +64,19 @@ class DPO(Objective):
                 data.batches_of, env, self.cfg.logging.progress)
             self.reference.release()
 
-    def reference_logps(self, strategy, batch, split: str) -> torch.Tensor | None:
-        """The reference's per-answer log-probs of `batch` (on its device): from the table, else a forward."""
+    def reference_logps(self, strategy, batch, inputs, split: str) -> torch.Tensor | None:
+        """The reference's per-answer log-probs of `batch` (on its device; `inputs` its model inputs): from the
+        table, else a forward."""
         if self.table is not None:
             return self.table.logps(split, batch.sample_keys, batch.input_ids.device)
-        return self.reference.logps(strategy, batch.model_inputs())
+        return self.reference.logps(strategy, inputs)
 
     def count(self, batch) -> int:
         return batch.num_pairs
 
     def micro_step(self, strategy, batch, scale):
         inputs = batch.model_inputs()
-        ref = self.reference_logps(strategy, batch, "train")
+        ref = self.reference_logps(strategy, batch, inputs, "train")
         stats: list[torch.Tensor] = []
 
         def loss_of(out) -> torch.Tensor:
@@ -112,8 +113,9 @@ class DPO(Objective):
         pairs = 0
         for batch in batches:
             batch = batch.to(device)
-            logps = strategy.forward_frozen(strategy.eval_model, batch.model_inputs()).group_logps
-            loss, stats = self.pair_terms(logps, self.reference_logps(strategy, batch, "eval"),
+            inputs = batch.model_inputs()
+            logps = strategy.forward_frozen(strategy.eval_model, inputs).group_logps
+            loss, stats = self.pair_terms(logps, self.reference_logps(strategy, batch, inputs, "eval"),
                                           batch.layout.group_tokens)
             total += torch.cat([loss[None], stats]).double()
             pairs += batch.num_pairs

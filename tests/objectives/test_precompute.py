@@ -44,8 +44,9 @@ def test_stored_log_probs_equal_the_live_copys(tmp_path, tiny_processor):
     table = stored.table.splits["train"]
     loader_batches = list(batches("train"))
     for batch in loader_batches:
-        got = stored.reference_logps(strategy, batch, "train")
-        torch.testing.assert_close(got, live.reference_logps(strategy, batch, "train"), atol=0, rtol=0)
+        inputs = batch.model_inputs()
+        got = stored.reference_logps(strategy, batch, inputs, "train")
+        torch.testing.assert_close(got, live.reference_logps(strategy, batch, inputs, "train"), atol=0, rtol=0)
         keys += [k for row in batch.sample_keys for k in row]
     assert sorted(keys) == sorted(table)  # every pair once
 
