@@ -138,12 +138,16 @@ class LoggingConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What the loop optimises (objectives/): sft (token cross-entropy) or dpo (preference pairs). Loss types and
-    names as TRL names them (DPOTrainer loss_type sigmoid / ipo; SimPO as in TRL's CPOTrainer)."""
+    """What the loop optimises (objectives/): sft (token cross-entropy), dpo (preference pairs) or grpo (rewards on
+    sampled completions). Loss types and names as TRL names them (DPOTrainer loss_type sigmoid / ipo; SimPO as in
+    TRL's CPOTrainer; GRPOTrainer loss_type grpo / dapo / dr_grpo, epsilon, epsilon_high, scale_rewards,
+    num_iterations, num_generations)."""
 
-    name: str = "sft"  # sft | dpo
-    loss_type: str = "sigmoid"  # dpo: sigmoid | ipo | simpo (reference-free, length-normalised)
-    beta: float = 0.1  # dpo: the KL strength (TRL's default 0.1; SimPO papers use 2.0 to 2.5)
+    name: str = "sft"  # sft | dpo | grpo
+    # dpo: sigmoid | ipo | simpo (reference-free, length-normalised); grpo: dapo (token-level over the step) | grpo
+    # (per-completion token mean) | dr_grpo (tokens over completions x max_new_tokens)
+    loss_type: str = "sigmoid"
+    beta: float = 0.1  # dpo: the KL strength (TRL's default 0.1; SimPO papers use 2.0 to 2.5); grpo: the KL weight
     label_smoothing: float = 0.0  # dpo sigmoid / simpo: the assumed probability that a pair's labels are flipped
     simpo_gamma: float = 0.5  # simpo: the target reward margin (TRL's simpo_gamma)
     rpo_alpha: float | None = None  # dpo: weight of an NLL term on the chosen answer (RPO); null: none
@@ -152,6 +156,27 @@ class ObjectiveConfig:
     disable_dropout: bool = True  # dpo: dropout off in the policy (TRL's default): policy and reference agree at start
     precompute_reference: bool = False  # dpo: the reference scores the data once before training (no second model)
     reference_logps: str | None = None  # dpo: where that table is kept (default <run.output_dir>/reference_logps.json)
+    # grpo: the rollout
+    num_generations: int = 8  # completions sampled per prompt (the group, G)
+    prompts_per_batch: int = 2  # prompts per micro-batch per process (G completions each)
+    max_new_tokens: int = 64  # a completion's length limit (prompt + completion must fit train.seq_len)
+    temperature: float = 1.0  # sampling temperature (0: greedy, every completion of a group alike)
+    top_p: float = 1.0
+    # grpo: the update
+    epsilon: float = 0.2  # the ratio's clip range below 1 (and above, unless epsilon_high)
+    epsilon_high: float | None = None  # the clip range above 1 (DAPO's clip-higher: 0.28); null: epsilon
+    scale_rewards: str = "group"  # advantages divided by the group's reward std | batch (the step's) | none (Dr. GRPO)
+    num_iterations: int = 1  # optimisation passes (steps) per rollout batch (mu); > 1 keeps the rollout's log-probs
+    drop_equal_groups: bool = False  # leave out groups whose rewards are all equal (no signal; DAPO's filter)
+    mask_truncated_completions: bool = False  # completions cut at max_new_tokens carry no loss (DAPO)
+    rewards: list[str] = field(default_factory=lambda: ["auto"])  # built-in names or pkg.module:function
+    reward_weights: list[float] | None = None  # one per reward; null: all 1
+    rollout_table_rows: int = 4  # prompts per step in the W&B rollouts table (all go to rollouts/step_*.jsonl)
+
+
+# objective=grpo's loss types (TRL's GRPOTrainer names) and built-in rewards (objectives/rewards.py)
+GRPO_LOSS_TYPES = ("dapo", "grpo", "dr_grpo")
+BUILTIN_REWARDS = ("auto", "exact", "contains", "choice", "grounding", "grounding_f1", "all_found", "point", "format")
 
 
 @dataclass
@@ -293,13 +318,15 @@ def validate(cfg: Config) -> None:
     _check(bool(cfg.run.output_dir), "run.output_dir", "must be set")
     _check(cfg.run.export_dtype in ("auto", "fp32", "bf16"), "run.export_dtype", "choose auto, fp32 or bf16")
     _check(cfg.run.export_lora in ("merge", "adapter"), "run.export_lora", "choose merge or adapter")
-    _check_objective(cfg.objective, p, m)
+    _check_objective(cfg.objective, p, m, cfg.train)
     _check(cfg.run.export_lora != "adapter" or (p.kind == "lora" and m.pretrained is not None), "run.export_lora",
            "adapter needs peft=lora and a base checkpoint (model.pretrained); use run.export_lora=merge")
 
 
-def _check_objective(ob: ObjectiveConfig, p: PeftConfig, m: ModelConfig) -> None:
-    _check(ob.name in ("sft", "dpo"), "objective", f"{ob.name!r}; choose objective=sft or objective=dpo")
+def _check_objective(ob: ObjectiveConfig, p: PeftConfig, m: ModelConfig, t: TrainConfig | None = None) -> None:
+    _check(ob.name in ("sft", "dpo", "grpo"), "objective", f"{ob.name!r}; choose objective=sft, dpo or grpo")
+    if ob.name == "grpo":
+        _check_grpo(ob, p, m, t)
     if ob.name != "dpo":
         return
     _check(ob.loss_type in ("sigmoid", "ipo", "simpo"), "objective.loss_type",
@@ -321,3 +348,40 @@ def _check_objective(ob: ObjectiveConfig, p: PeftConfig, m: ModelConfig) -> None
            "none goes with objective.loss_type=simpo (reference-free) only, and simpo needs none (or auto)")
     _check(not ob.precompute_reference or ob.loss_type != "simpo", "objective.precompute_reference",
            "simpo is reference-free: there is nothing to precompute; set objective.precompute_reference=false")
+
+
+def _check_grpo(ob: ObjectiveConfig, p: PeftConfig, m: ModelConfig, t: TrainConfig | None) -> None:
+    _check(ob.loss_type in GRPO_LOSS_TYPES, "objective.loss_type",
+           f"{ob.loss_type!r} is not a grpo loss type; choose {', '.join(GRPO_LOSS_TYPES)} (TRL's names)")
+    _check(0 <= ob.beta < math.inf, "objective.beta", f"{ob.beta!r} must be >= 0 and finite (0: no KL term)")
+    _check(ob.num_generations >= 1, "objective.num_generations", "must be at least 1 (usual: 4 to 16)")
+    _check(ob.prompts_per_batch >= 1, "objective.prompts_per_batch", "must be at least 1")
+    _check(ob.max_new_tokens >= 1, "objective.max_new_tokens", "must be at least 1")
+    _check(t is None or ob.max_new_tokens < t.seq_len, "objective.max_new_tokens",
+           f"{ob.max_new_tokens} leaves no room for a prompt in train.seq_len={t.seq_len if t else '?'}")
+    _check(0 <= ob.temperature < math.inf, "objective.temperature", "must be >= 0 (0: greedy) and finite")
+    _check(0 < ob.top_p <= 1, "objective.top_p", "must be in (0, 1]")
+    _check(0 < ob.epsilon < 1, "objective.epsilon", f"{ob.epsilon!r} must be in (0, 1) (usual: 0.2)")
+    _check(ob.epsilon_high is None or 0 < ob.epsilon_high < math.inf, "objective.epsilon_high",
+           "must be > 0 (DAPO: 0.28), or null for objective.epsilon")
+    _check(ob.scale_rewards in ("group", "batch", "none"), "objective.scale_rewards",
+           f"{ob.scale_rewards!r}; choose group, batch or none")
+    _check(ob.num_iterations >= 1, "objective.num_iterations", "must be at least 1")
+    _check(bool(ob.rewards), "objective.rewards", "needs at least one reward (default: [auto])")
+    for spec in ob.rewards:
+        _check(spec in BUILTIN_REWARDS or (":" in spec and all(spec.split(":", 1))), "objective.rewards",
+               f"{spec!r} is neither a built-in ({', '.join(BUILTIN_REWARDS)}) nor an import path pkg.module:function")
+    _check(ob.reward_weights is None or len(ob.reward_weights) == len(ob.rewards), "objective.reward_weights",
+           f"{len(ob.reward_weights or [])} weights for {len(ob.rewards)} rewards: give one per reward, or null")
+    _check(ob.reward_weights is None or all(math.isfinite(w) for w in ob.reward_weights), "objective.reward_weights",
+           "must be finite numbers")
+    _check(ob.reference in ("auto", "adapters", "copy", "none"), "objective.reference",
+           f"{ob.reference!r}; choose auto, adapters, copy or none")
+    _check(ob.reference != "none" or ob.beta == 0, "objective.reference",
+           "none has no KL term: set objective.beta=0, or objective.reference=auto")
+    _check(ob.reference != "adapters" or p.kind == "lora", "objective.reference",
+           "adapters (the model with its LoRA adapters disabled) needs peft=lora; use auto or copy")
+    _check(ob.reference != "adapters" or (not m.train_projector and m.train_vision == "none"), "objective.reference",
+           "adapters is the starting model only when nothing but the LoRA adapters trains: set "
+           "model.train_projector=false and model.train_vision=none, or objective.reference=copy (auto picks copy)")
+    _check(ob.rollout_table_rows >= 0, "objective.rollout_table_rows", "must be >= 0")

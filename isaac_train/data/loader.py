@@ -40,6 +40,7 @@ from ..processing.processor import IsaacProcessor
 from .decode import SkipSample, encode_members, encode_pair
 from .order import mixture_choice, reader_order
 from .packing import PackedBatch, Packer, PackItem, item_from_pair, item_from_sample
+from .prompts import PromptBatch, PromptItem, encode_prompt
 from .records import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
 from .seeding import SAMPLE_STREAM, WORKER_STREAM, derive_seed, seed_host, seeded_host
 from .shards import SampleReadError, ShardSet, read_sample
@@ -77,6 +78,10 @@ class LoaderSpec:
     prefetch_factor: int = 2
     pairs: bool = False  # preference pairs (objective=dpo): each sample two documents packed together, never cut
     shared_pair_images: bool = True  # a pair's second document reuses the first's images (vision once per pair)
+    # Prompts (objective=grpo): each batch is `rows_per_batch` prompts (PromptBatch), not packed rows; a prompt
+    # must leave `completion_room` tokens of seq_len for its completion
+    prompts: bool = False
+    completion_room: int = 0
 
     def fingerprint(self, shard_sets: list[ShardSet]) -> str:
         stream = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "prefetch_factor",
@@ -87,6 +92,8 @@ class LoaderSpec:
             del stream["max_image_pixels"]
         if not stream["pairs"]:  # likewise from before objective=dpo
             del stream["pairs"], stream["shared_pair_images"]
+        if not stream["prompts"]:  # and objective=grpo
+            del stream["prompts"], stream["completion_room"]
         return hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -169,7 +176,7 @@ class _Reader:
             "data.train_shards / data.eval_shards.",
         ]))
 
-    def _load(self, address: tuple[int, int, int], fresh: bool = True) -> PackItem | None:
+    def _load(self, address: tuple[int, int, int], fresh: bool = True) -> PackItem | PromptItem | None:
         """The sample at `address` packed-ready, or None when it is skipped (counted by reason). `fresh`: its first
         read (not a pending sample re-read at resume), so it counts in its epoch's usable/skip tallies."""
         source, epoch, index = address
@@ -179,7 +186,11 @@ class _Reader:
             # any draw while processing (an augmentation) is a function of the sample's address (seeding.py)
             key = f"{self.spec.sources[source].name}/{ref.key}"
             with seeded_host(derive_seed(SAMPLE_STREAM, self.spec.seed, self.reader, source, epoch, index)):
-                if self.spec.pairs:
+                if self.spec.prompts:
+                    item = encode_prompt(read_sample(ref), self.processor, key, address,
+                                         self.spec.seq_len - self.spec.completion_room,
+                                         [f"{ref.shard}#{ref.key}"])
+                elif self.spec.pairs:
                     chosen, rejected = encode_pair(read_sample(ref), self.processor, self.spec.seq_len,
                                                    normalize_pixels=False)
                     item = item_from_pair(chosen, rejected, address, key, self.spec.shared_pair_images)
@@ -187,7 +198,7 @@ class _Reader:
                     sample = encode_members(read_sample(ref), self.processor, self.spec.seq_len,
                                             self.spec.length_policy, normalize_pixels=False)
                     item = item_from_sample(sample, address, key)
-            if not self.packer.fits(item):
+            if not self.spec.prompts and not self.packer.fits(item):
                 raise SkipSample("too_long", f"{item.patches} patches exceed max_patches_per_row")
         except (SkipSample, SampleReadError) as err:
             self.skipped[err.reason] += 1
@@ -201,7 +212,10 @@ class _Reader:
             self.state.usable[source] += 1
         return item
 
-    def batches(self) -> Iterator[PackedBatch]:
+    def batches(self) -> Iterator[PackedBatch | PromptBatch]:
+        if self.spec.prompts:
+            yield from self._prompt_batches()
+            return
         for address in self.state.pending:  # samples that were waiting in the packer at the checkpoint
             item = self._load(tuple(address), fresh=False)
             if item is not None:
@@ -224,6 +238,27 @@ class _Reader:
             batch.meta["reader"] = self.reader
             batch.meta["state"] = copy.deepcopy(self.state)
             yield batch
+
+
+    def _prompt_batches(self) -> Iterator[PromptBatch]:
+        """Prompt mode: `rows_per_batch` usable prompts per batch, in stream order (nothing waits between batches);
+        the last, short batch of a finite stream is yielded as it is."""
+        while True:
+            prompts: list[PromptItem] = []
+            while len(prompts) < self.spec.rows_per_batch:
+                address = self._next_address()
+                if address is None:
+                    break
+                self.state.seen += 1
+                item = self._load(address)
+                if item is not None:
+                    prompts.append(item)
+            if not prompts:
+                return
+            self.state.batches += 1
+            self.state.skipped = dict(self.skipped)
+            yield PromptBatch(prompts, [[p.key for p in prompts]],
+                              {"reader": self.reader, "state": copy.deepcopy(self.state)})
 
 
 class PackedDataset(IterableDataset):

@@ -34,6 +34,7 @@ class PackItem:
     # (the vision tower encodes them once per pair).
     pair: PackItem | None = None
     shared_images: bool = False
+    group: int | None = None  # the label group of its answer (a GRPO completion), for per-document log-probs
 
     @property
     def length(self) -> int:
@@ -188,7 +189,8 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
                 positions.append(doc.positions)
                 used += len(doc.sample)
                 bounds.append(base + used)
-                segment_groups.append(2 * pairs + d if item.pair is not None else -1)
+                segment_groups.append(2 * pairs + d if item.pair is not None else
+                                      item.group if item.group is not None else -1)
                 count = int(doc.sample.image_grid_hw.shape[0]) if doc.sample.pixel_values is not None else 0
                 if d == 1 and item.shared_images:
                     image_order.extend(image_order[first_image:first_image + count])
@@ -220,7 +222,7 @@ def build_batch(rows: list[list[PackItem]], seq_len: int, pad_id: int) -> Packed
                                       [tuple(g) for g in grid_hw.tolist()], merge_tokens)
     if image_order != list(range(len(image_order))):
         layout.image_order = image_order
-    if pairs:
+    if pairs or any(g >= 0 for g in segment_groups):
         layout.group_by_segment(segment_groups)
     return PackedBatch(
         input_ids=input_ids,

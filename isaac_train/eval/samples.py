@@ -15,56 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data.decode import SkipSample, chosen_chat, parse_sample
+from ..data.decode import SkipSample, parse_sample
+from ..data.prompts import EvalSample, content_text, prompt_sample  # noqa: F401  (content_text: eval's public name)
 from ..data.records import Skip, _as_list, convert_record
 from ..data.shards import SampleReadError, ShardSet, read_sample
-
-
-@dataclass
-class EvalSample:
-    key: str
-    messages: list[dict[str, Any]]  # the prompt: every message before the expected answer
-    expected: str  # the expected answer's text
-    images: list[bytes]
-    meta: dict[str, Any] = field(default_factory=dict)
-    image_refs: list[str] = field(default_factory=list)  # where each image came from (shard#member, or a path)
-
-    @property
-    def question(self) -> str:
-        """The text of the last prompt message."""
-        return content_text(self.messages[-1]["content"]) if self.messages else ""
-
-    @property
-    def task(self) -> str | None:
-        """The sample's task (`meta.task`, else `meta.type`), for per-task summaries."""
-        value = self.meta.get("task", self.meta.get("type"))
-        return None if value is None else str(value)
 
 
 @dataclass
 class EvalSet:
     samples: list[EvalSample]
     skipped: Counter = field(default_factory=Counter)
-
-
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text items of a content list joined by spaces."""
-    if isinstance(content, str):
-        return content
-    return " ".join(i.get("text", "") for i in content if isinstance(i, dict) and i.get("type") == "text")
-
-
-def _sample(key: str, kind: str, items: list[dict], images: list[bytes], obj: dict, refs: list[str],
-            skipped: Counter) -> EvalSample | None:
-    kind, items = chosen_chat(kind, items, obj)  # a preference pair: its prompt, answered as its chosen answer
-    if kind != "chat":
-        skipped["document"] += 1
-        return None
-    if len(items) < 2 or items[-1].get("role") != "assistant":
-        skipped["no_final_answer"] += 1
-        return None
-    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else {}
-    return EvalSample(key, items[:-1], content_text(items[-1]["content"]).strip(), images, dict(meta), refs)
 
 
 def read_eval_samples(source: Any, limit: int | None = None, image_root: str | Path | None = None) -> EvalSet:
@@ -90,7 +50,7 @@ def _from_shards(shards: Any, limit: int | None) -> EvalSet:
                 out.skipped[getattr(err, "reason", "unreadable")] += 1
                 continue
             refs = [f"{shard_set.tars[shard]}#{ref.key}.{name}" for name in sorted(members) if name != "json"]
-            sample = _sample(ref.key, kind, items, images, obj, refs, out.skipped)
+            sample = prompt_sample(ref.key, kind, items, images, obj, refs, out.skipped)
             if sample is not None:
                 out.samples.append(sample)
     return out
@@ -118,8 +78,8 @@ def _from_jsonl(path: Path, limit: int | None, image_root: str | Path | None) ->
                 continue
             refs = [str(r) for r in (_as_list(obj.get("images")) or _as_list(obj.get("image")))]  # as convert_record
             images = [data for _, data in converted.images]
-            sample = _sample(str(obj.get("id", f"line{lineno:06d}")), "chat", converted.sample["messages"], images,
-                             obj, refs, out.skipped)
+            sample = prompt_sample(str(obj.get("id", f"line{lineno:06d}")), "chat", converted.sample["messages"],
+                                   images, obj, refs, out.skipped)
             if sample is not None:
                 out.samples.append(sample)
     return out

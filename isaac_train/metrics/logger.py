@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 # the files a run appends one record per step to; a resumed run cuts them back to the checkpoint's step
 STEP_FILES = ("metrics.jsonl", "samples.jsonl")
 EVAL_DIR = "eval"  # eval/step_NNNNNNN.jsonl: the predictions of each periodic evaluation
+ROLLOUTS_DIR = "rollouts"  # rollouts/step_NNNNNNN.jsonl: objective=grpo's prompts, completions, rewards, advantages
 
 
 def write_predictions(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -46,10 +47,11 @@ class MetricsLogger:
             return
         for name in STEP_FILES:
             truncate_after(Path(run_dir) / name, start_step)
-        for later in (Path(run_dir) / EVAL_DIR).glob("step_*.jsonl"):  # evaluated after the checkpoint resumed
-            number = later.stem.removeprefix("step_")
-            if number.isdigit() and int(number) > start_step:
-                later.unlink()
+        for folder in (EVAL_DIR, ROLLOUTS_DIR):  # evaluated or rolled out after the checkpoint resumed
+            for later in (Path(run_dir) / folder).glob("step_*.jsonl"):
+                number = later.stem.removeprefix("step_")
+                if number.isdigit() and int(number) > start_step:
+                    later.unlink()
         if wandb_mode != "disabled":
             try:
                 import wandb
@@ -81,11 +83,12 @@ class MetricsLogger:
         if self.bar is not None:
             self.bar.update(n)
 
-    def predictions(self, step: int, rows: list[dict[str, Any]]) -> Path | None:
-        """An evaluation's prediction rows as eval/step_NNNNNNN.jsonl (rank 0); its path."""
+    def predictions(self, step: int, rows: list[dict[str, Any]], folder: str = EVAL_DIR) -> Path | None:
+        """An evaluation's prediction rows as eval/step_NNNNNNN.jsonl (rank 0; `folder` ROLLOUTS_DIR: a GRPO
+        step's rollouts); its path."""
         if self.rank != 0:
             return None
-        return write_predictions(self.path.parent / EVAL_DIR / f"step_{step:07d}.jsonl", rows)
+        return write_predictions(self.path.parent / folder / f"step_{step:07d}.jsonl", rows)
 
     def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         """Sample predictions as a W&B table, images included (the rows are on disk through `predictions`)."""

@@ -91,6 +91,38 @@ def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torc
     return -F.cross_entropy(logits, targets, reduction="none")
 
 
+def lm_token_logps(
+    hidden_states: torch.Tensor,
+    lm_head_weight: torch.Tensor,
+    index: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int = 4096,
+) -> torch.Tensor:
+    """Next-token log-probabilities of the selected targets: (n,) float32, in the order of `index`.
+
+    `index` / `targets` (n,) are host tensors as in `lm_loss_at`. The logits of the selected positions only, in
+    chunks recomputed in the backward pass: never a row's logits."""
+    device = hidden_states.device
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, index.to(device, non_blocking=True))
+    wanted = targets.to(device, non_blocking=True)
+    if hidden.shape[0] == 0:
+        return hidden_states.new_zeros(0, dtype=torch.float32) + 0.0 * hidden_states.sum() + 0.0 * lm_head_weight.sum()
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
+    chunks = []
+    for start in range(0, hidden.shape[0], chunk_size):
+        h, y = hidden[start : start + chunk_size], wanted[start : start + chunk_size]
+        chunks.append(checkpoint(_chunk_token_logps, h, lm_head_weight, y, use_reentrant=False) if grad
+                      else _chunk_token_logps(h, lm_head_weight, y))
+    return torch.cat(chunks)
+
+
+def group_sums(token_logps: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Per-group sums (num_groups,) of per-target values (n,); `groups` (n,) a host tensor (a preference pair's
+    answer, a GRPO completion)."""
+    where = groups.to(token_logps.device, non_blocking=True)
+    return token_logps.new_zeros(num_groups).index_add(0, where, token_logps)
+
+
 def lm_group_logps(
     hidden_states: torch.Tensor,
     lm_head_weight: torch.Tensor,
@@ -100,21 +132,6 @@ def lm_group_logps(
     num_groups: int,
     chunk_size: int = 4096,
 ) -> torch.Tensor:
-    """Summed next-token log-probabilities per group (a preference pair's answer): (num_groups,) float32.
-
-    `index` / `targets` / `groups` (n,) are host tensors as in `lm_loss_at` (`groups[i]`: the group of target i).
-    The logits of the selected positions only, in chunks recomputed in the backward pass: never a row's logits."""
-    device = hidden_states.device
-    hidden = hidden_states.reshape(-1, hidden_states.shape[-1]).index_select(0, index.to(device, non_blocking=True))
-    wanted = targets.to(device, non_blocking=True)
-    where = groups.to(device, non_blocking=True)
-    total = hidden_states.new_zeros(num_groups, dtype=torch.float32)
-    if hidden.shape[0] == 0:
-        return total + 0.0 * hidden_states.sum() + 0.0 * lm_head_weight.sum()
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad)
-    for start in range(0, hidden.shape[0], chunk_size):
-        h, y = hidden[start : start + chunk_size], wanted[start : start + chunk_size]
-        logps = (checkpoint(_chunk_token_logps, h, lm_head_weight, y, use_reentrant=False) if grad
-                 else _chunk_token_logps(h, lm_head_weight, y))
-        total = total.index_add(0, where[start : start + chunk_size], logps)
-    return total
+    """Summed next-token log-probabilities per group (a preference pair's answer): (num_groups,) float32
+    (`lm_token_logps` summed by `groups`, (n,) the group of each target)."""
+    return group_sums(lm_token_logps(hidden_states, lm_head_weight, index, targets, chunk_size), groups, num_groups)

@@ -29,7 +29,7 @@ from ..processing.tensor_stream import Modality, TensorStream
 from .attention import ATTN_FUNCTION_NAME, AttentionSpec, padded_causal_mask, resolve_backend
 from .config import IsaacConfig
 from .layouts import LOAD_KEY_MAPPING, to_layout
-from .loss import lm_group_logps, lm_loss_at, lm_loss_sum, shift_labels
+from .loss import group_sums, lm_loss_at, lm_loss_sum, lm_token_logps, shift_labels
 from .packed import PackedLayout, check_segments
 from .rope import IsaacRotaryEmbedding, mrope_positions
 from .vision import IsaacVisionEmbedding
@@ -51,6 +51,7 @@ class IsaacCausalLMOutput(CausalLMOutputWithPast):
     num_label_tokens: torch.Tensor | None = None
     rope_deltas: torch.Tensor | None = None
     group_logps: torch.Tensor | None = None  # (n_groups,) summed log-probs per labelled group (PackedLayout)
+    token_logps: torch.Tensor | None = None  # (n_targets,) log-prob of each label target of a grouped layout
 
 
 class IsaacPreTrainedModel(PreTrainedModel):
@@ -351,11 +352,12 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
             rope_deltas=rope_deltas, keep_vision_graph=keep_vision_graph, packed=packed,
         )
         hidden = out.last_hidden_state
-        loss = loss_sum = count = group_logps = None
+        loss = loss_sum = count = group_logps = token_logps = None
         if labels is not None and packed is not None and packed.label_groups is not None:
-            # per-document log-probabilities (preference pairs); their negated sum is the documents' token loss
-            group_logps = lm_group_logps(hidden, self.lm_head.weight, packed.label_index, packed.label_targets,
-                                         packed.label_groups, packed.num_groups)
+            # per-target and per-document log-probabilities (preference pairs, GRPO completions); their negated sum
+            # is the documents' token loss
+            token_logps = lm_token_logps(hidden, self.lm_head.weight, packed.label_index, packed.label_targets)
+            group_logps = group_sums(token_logps, packed.label_groups, packed.num_groups)
             loss_sum, count = -group_logps.sum(), torch.tensor(packed.num_label_tokens)
         elif labels is not None and packed is not None and packed.label_index is not None:
             loss_sum, count = lm_loss_at(hidden, self.lm_head.weight, packed.label_index, packed.label_targets)
@@ -374,6 +376,7 @@ class IsaacForConditionalGeneration(IsaacPreTrainedModel, GenerationMixin):
         return IsaacCausalLMOutput(
             loss=loss, logits=logits, cache=out.cache, loss_sum=loss_sum,
             num_label_tokens=count, rope_deltas=out.rope_deltas, group_logps=group_logps,
+            token_logps=token_logps,
         )
 
     # ---- generation -------------------------------------------------------------------------------------

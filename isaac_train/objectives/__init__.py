@@ -1,9 +1,12 @@
-"""What the loop optimises, behind one seam: `objective=sft|dpo` (configs/objective/).
+"""What the loop optimises, behind one seam: `objective=sft|dpo|grpo` (configs/objective/).
 
 The loop (train/loop.py) keeps its shape for every objective; an objective decides
 
     pairs                          what the loader makes of a sample (False: one document; True: a preference
                                    pair, two documents packed together in one row)
+    prompts, next_micro_batches(strategy, batches, n)
+                                   prompts instead of samples, and the step's packed micro-batches made from them
+                                   (grpo: the rollout; default: the loader's next n batches)
     setup(strategy, make_frozen, data)
                                    what it needs besides the policy (a reference model; reference log-probs
                                    computed in one pass over `data`, a RunData)
@@ -13,6 +16,9 @@ The loop (train/loop.py) keeps its shape for every objective; an objective decid
                                    both returned on the device, not read
     stat_names, metrics(sums, count) -> dict
                                    what it reports, from the step's sums over micro-batches and ranks
+    step_metrics(), step_rows()    host figures of the step (rollout timings) and rows to write (rollouts)
+    state_dict(), load_state_dict(state)
+                                   what a checkpoint keeps for an exact resume (a rollout still being optimised)
 
 so that the step still reads the device once (train_step). The next objective is one more module here.
 """
@@ -35,7 +41,11 @@ def make_objective(cfg: Any) -> Objective:
         from .dpo import DPO
 
         return DPO(cfg)
-    raise ValueError(f"objective={name!r}: choose sft or dpo")
+    if name == "grpo":
+        from .grpo import GRPO
+
+        return GRPO(cfg)
+    raise ValueError(f"objective={name!r}: choose sft, dpo or grpo")
 
 
 __all__ = ["Objective", "RunData", "make_objective"]

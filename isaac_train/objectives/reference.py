@@ -48,7 +48,8 @@ def peft_model_of(model: nn.Module) -> nn.Module:
 
 
 class Reference:
-    """`logps(strategy, inputs)` -> (n_groups,) the reference's per-answer log-probabilities, no gradient."""
+    """`logps(strategy, inputs)` -> (n_groups,) the reference's per-answer log-probabilities, no gradient
+    (`output(...)`: its whole forward output, per-token log-probabilities included)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -70,12 +71,17 @@ class Reference:
             torch.cuda.empty_cache()
 
     def logps(self, strategy: Any, inputs: dict[str, Any]) -> torch.Tensor | None:
+        out = self.output(strategy, inputs)
+        return None if out is None else out.group_logps
+
+    def output(self, strategy: Any, inputs: dict[str, Any]) -> Any:
+        """The reference's forward output on `inputs` (group_logps, token_logps), None for kind none."""
         if self.kind == "none":
             return None
         if self.kind == "copy":
-            return strategy.forward_frozen(self.model, inputs).group_logps
+            return strategy.forward_frozen(self.model, inputs)
         with self.adapters_off(strategy.eval_model):  # the unwrapped model: no gradient, no DDP bookkeeping
-            return strategy.forward_frozen(strategy.eval_model, inputs).group_logps
+            return strategy.forward_frozen(strategy.eval_model, inputs)
 
     @staticmethod
     def adapters_off(model: nn.Module) -> contextlib.AbstractContextManager:

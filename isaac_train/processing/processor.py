@@ -249,13 +249,17 @@ class IsaacProcessor(ProcessorMixin):
             if not events:
                 raise ValueError(f"prompt {i} is empty")
             rows.append(events)
+        return self.batch_events(rows)
+
+    def batch_events(self, rows: Sequence[Sequence[Event]]) -> BatchFeature:
+        """Prompts already made into events (`build_events`) -> the left-padded batch `__call__` returns."""
         longest = max(sum(e.num_tokens() for e in row) for row in rows)
         pad_id = self.tokenizer.pad_token_id
         padded, masks = [], []
         for row in rows:
             n_pad = longest - sum(e.num_tokens() for e in row)
             pad = [Event(Modality.padding, torch.full((n_pad,), pad_id), (n_pad, 1, 1), (n_pad, 1, 1), (0, n_pad))]
-            padded.append((pad if n_pad else []) + row)
+            padded.append((pad if n_pad else []) + list(row))
             masks.append([0] * n_pad + [1] * (longest - n_pad))
         stream = TensorStream(padded)
         pixel_values, grids = stream.image_patches()

@@ -74,12 +74,16 @@ def loader_spec(cfg: Config, shards: list[str] | str, weights: list[float] | Non
     weights = weights or [1.0] * len(entries)
     sources = [SourceSpec(Path(str(s)).name or f"source{i}", str(s), w) for i, (s, w) in
                enumerate(zip(entries, weights, strict=True))]
+    ob = cfg.objective
+    prompts = ob.name == "grpo" and train  # grpo trains on prompts; its eval loss reads packed samples as sft's
     return LoaderSpec(
-        sources=sources, seq_len=t.seq_len, rows_per_batch=d.rows_per_batch, max_patches_per_row=d.max_patches_per_row,
+        sources=sources, seq_len=t.seq_len, rows_per_batch=ob.prompts_per_batch if prompts else d.rows_per_batch,
+        max_patches_per_row=d.max_patches_per_row,
         pack_buffer=d.pack_buffer, seed=t.seed, shuffle=d.shuffle and train, shuffle_block=d.shuffle_block,
         epochs=None if train else 1, length_policy=d.length_policy, max_error_rate=d.max_error_rate,
         max_image_pixels=d.max_image_pixels, num_workers=d.num_workers,
-        pairs=cfg.objective.name == "dpo", shared_pair_images=cfg.objective.vision_per_pair,
+        pairs=ob.name == "dpo", shared_pair_images=ob.vision_per_pair,
+        prompts=prompts, completion_room=ob.max_new_tokens if prompts else 0,
     )
 
 

@@ -69,3 +69,15 @@ def table_rows(samples: list[EvalSample], rows: list[dict]) -> list[dict]:
         out.append({"key": row["key"], "question": row["prompt"], "expected": row["expected"],
                     "generated": row["generated"], "metric": row["metric"], "score": main, "image": image})
     return out
+
+
+def rollout_table_rows(rows: list[dict], images: list[bytes | None]) -> list[dict]:
+    """A GRPO step's rollout rows (one per prompt; `images` each prompt's first image) as W&B table rows, one per
+    completion, the completion's groundings drawn beside the expected ones."""
+    out = []
+    for row, image in zip(rows, images, strict=False):
+        for k, text in enumerate(row["completions"]):
+            out.append({"key": f"{row['key']}#{k}", "question": row["prompt"], "expected": row["expected"],
+                        "generated": text, "reward": row["rewards"][k], "advantage": row["advantages"][k],
+                        "image": draw_grounding(image, row["expected"], text) if image is not None else None})
+    return out

@@ -44,7 +44,7 @@ from ..distributed.strategy import Strategy, make_strategy
 from ..distributed.watchdog import Watchdog
 from ..eval.score import format_summary, headline
 from ..metrics.flops import device_peak_flops, model_parts
-from ..metrics.logger import MetricsLogger
+from ..metrics.logger import ROLLOUTS_DIR, MetricsLogger
 from ..metrics.plot import draw_quietly
 from ..metrics.window import StepWindow
 from ..model import isaac_of
@@ -52,7 +52,7 @@ from ..objectives import Objective, RunData, make_objective
 from ..objectives.sft import SFT
 from ..precision import describe_parameter_memory
 from . import build
-from .evaluate import LocalEval, eval_loss, local_answers, scored_rows, table_rows
+from .evaluate import LocalEval, eval_loss, local_answers, rollout_table_rows, scored_rows, table_rows
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
     objective.setup(strategy, factory.frozen_factory(cfg, model_config), RunData(
         lambda split: None if data[split] is None else build.build_loader(
             cfg, processor, data[split], data["weights"] if split == "train" else None, train=False),
-        sources={"train": data["train"], "weights": data["weights"], "eval": data["eval"]}))
+        sources={"train": data["train"], "weights": data["weights"], "eval": data["eval"]}, processor=processor))
     isaac = isaac_of(strategy.model)
     loader = build.build_loader(cfg, processor, data["train"], data["weights"], train=True, rank=env.rank,
                                 world_size=env.world_size)
@@ -165,7 +165,7 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
     exit_before_training(stop, "building the model", cleanup=lock.release)
     latest = _pick_checkpoint(ckpt, env) if cfg.run.resume else None
     if latest is not None:
-        state = _resume(latest, ckpt, strategy, loader, ident, cfg, env)
+        state = _resume(latest, ckpt, strategy, loader, ident, cfg, env, objective)
         logger.info("resumed from %s at step %d", latest, state.step)
         if env.is_main:
             ckpt.retain()  # a retention that an interrupted save left unfinished
@@ -199,9 +199,11 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
         while state.step < cfg.train.max_steps:
             watchdog.beat(state.step + 1)
             start = time.perf_counter()
-            micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+            micro = objective.next_micro_batches(strategy, batches, cfg.train.grad_accum)  # grpo: the rollout
+            update_start = time.perf_counter()
             step = train_step(strategy, env, micro, cfg.train.clip_grad_norm, stop.signal is not None, weights_flag,
                               objective)
+            update_s = time.perf_counter() - update_start
             if step.previous_update_nonfinite:  # found in this step's one read: the previous update broke the weights
                 raise WeightsNotFinite(_weights_message(state.step, ckpt.latest(checksums=False)))
             weights_flag = step.weights_nonfinite
@@ -218,11 +220,21 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
             metrics_log.advance()
             if cfg.logging.ledger:
                 metrics_log.ledger(state.step, env.gather([k for b in micro for row in b.sample_keys for k in row]))
-            if not applied:
+            if step.empty:  # grpo: every group's rewards tied and were left out (objective.drop_equal_groups)
+                state.skips_in_a_row = 0
+                state.skipped_steps -= 1
+                metrics_log.write(f"step {state.step}: no completion carried a learning signal (every group's rewards "
+                                  "were equal and objective.drop_equal_groups left them out): nothing updated")
+            elif not applied:
                 metrics_log.write(_skip_message(state, step.loss, grad_norm, cfg))
+            rows = objective.step_rows()  # grpo: this step's rollouts (None on every rank alike when there were none)
+            if rows is not None:
+                _write_rollouts(state.step, env.gather(rows), metrics_log, cfg.objective.rollout_table_rows,
+                                objective.row_images)
 
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or not applied:
-                last = {"loss": step.loss, **objective.metrics(step.stats, step.count), "lr": strategy.lr(),
+                last = {"loss": step.loss, **objective.metrics(step.stats, step.count), **objective.step_metrics(),
+                        "time/update_s": update_s, "lr": strategy.lr(),
                         "grad_norm": grad_norm,
                         "skipped_steps": state.skipped_steps, **window.record(loader.data_wait_s),
                         "tokens": state.tokens, "samples": state.samples, "skipped": _skip_counts(loader, env),
@@ -241,7 +253,7 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
                 watchdog.beat(state.step)
                 check_still_held(lock, env)
                 refuse_nonfinite_weights(weights_flag, state.step, env, ckpt)  # never a checkpoint of them
-                saved_at = _save(ckpt, strategy, loader, state, ident, env)
+                saved_at = _save(ckpt, strategy, loader, state, ident, env, objective)
                 if env.is_main:
                     draw_quietly(run_dir)  # plots/ at every checkpoint, the final one included (never raises)
                 stopping = stopping or env.any(stop.signal is not None)  # a signal that came during the save
@@ -256,7 +268,7 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
 
     stop.restore()
     if saved_at is None:  # nothing trained: the resumed checkpoint, or (train.max_steps=0) the weights as they are
-        saved_at = latest if latest is not None else _save(ckpt, strategy, loader, state, ident, env)
+        saved_at = latest if latest is not None else _save(ckpt, strategy, loader, state, ident, env, objective)
         if env.is_main:
             draw_quietly(run_dir)
     checkpoint = saved_at
@@ -295,6 +307,7 @@ class StepResult:
     previous_update_nonfinite: bool = False
     count: int = 0  # the objective's normaliser, summed over ranks (sft: label_tokens; dpo: pairs)
     stats: dict[str, float] = dataclasses.field(default_factory=dict)  # the objective's sums over ranks
+    empty: bool = False  # a count of 0 where the objective allows it (grpo, every group dropped): nothing updated
 
     @property
     def loss(self) -> float:
@@ -345,10 +358,13 @@ def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | Non
     read = torch.cat([counts, sums, (norm if norm is not None else sums[0]).double().reshape(1)]).tolist()
     count, label_tokens, tokens, stopping, broken = read[:5]
     loss, stat_sums, grad_norm = read[5], dict(zip(objective.stat_names, read[6:-1], strict=True)), read[-1]
-    if count == 0:
-        raise RuntimeError(f"a step has no {'label tokens' if objective.name == 'sft' else 'preference pairs'} at "
-                           "all: check the data (isaac-data validate)")
     done = dict(count=int(count), stats=stat_sums)
+    if count == 0:
+        if not objective.empty_steps:
+            raise RuntimeError(f"a step has no {'label tokens' if objective.name == 'sft' else 'preference pairs'} "
+                               "at all: check the data (isaac-data validate)")
+        strategy.update(None, False)  # the gradients (all zero) are dropped; weights, optimizer, schedule stay
+        return StepResult(0.0, int(label_tokens), int(tokens), stopping > 0, 0.0, False, empty=True, **done)
     if broken > 0:  # this step ran on weights the previous update broke: update nothing, the loop stops
         return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, False,
                           previous_update_nonfinite=True, **done)
@@ -375,7 +391,7 @@ def _weights_message(step: int, previous: Path | None) -> str:
 
 
 def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, ident: dict[str, Any], cfg: Config,
-            env) -> TrainState:
+            env, objective: Objective) -> TrainState:
     """Load model, optimizer, schedule, data position and RNG from `latest`; returns the saved progress."""
     meta = ckpt.meta(latest)
     check_identity(meta["identity"], ident, latest)
@@ -386,7 +402,14 @@ def _resume(latest: Path, ckpt: CheckpointManager, strategy: Strategy, loader, i
         rank_state = ckpt.rank_state(latest, env.rank)
         loader.load_state_dict(rank_state["data"])
         set_rng_state(rank_state["rng"])
+        objective.load_state_dict(rank_state.get("objective", {}))
     else:
+        pending = [r.get("objective", {}) for r in ckpt.rank_states(latest)]
+        if any(p.get("buffer") for p in pending):
+            raise ValueError(f"cannot resume {latest} on {env.world_size} processes: it was saved by {saved_world} "
+                             "in the middle of a rollout's objective.num_iterations passes, which each rank holds "
+                             f"for its own prompts. Resume on {saved_world} processes, or from a checkpoint at a "
+                             "multiple of objective.num_iterations steps.")
         saved = [r["data"] for r in ckpt.rank_states(latest)]
         loader.load_state_dict(reshard_loader_state(saved, env.rank, env.world_size, cfg.data.num_workers))
         # RNG streams are per rank and cannot be mapped onto another world size: fresh, deterministic ones
@@ -418,9 +441,11 @@ def _diverged_message(state: TrainState, cfg: Config, previous: Path | None) -> 
             "train.max_skipped_steps.")
 
 
-def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState, ident, env) -> Path:
+def _save(ckpt: CheckpointManager, strategy: Strategy, loader, state: TrainState, ident, env,
+          objective: Objective) -> Path:
+    rank_state = {"rng": rng_state(), "data": loader.state_dict(), "objective": objective.state_dict()}
     return ckpt.save(
-        state.step, strategy.save, state, ident, {"rng": rng_state(), "data": loader.state_dict()}, env=env,
+        state.step, strategy.save, state, ident, rank_state, env=env,
         meta={"strategy": strategy.name, "format": strategy.format, "world_size": env.world_size},
     )
 
@@ -495,6 +520,19 @@ def _log_eval(step: int, loss: float | None, samples, parts, metrics_log: Metric
     metrics_log.write(f"  eval at step {step}: {len(rows)} samples -> {path}\n{format_summary(summary, '    ')}")
     for row in rows[:2]:
         metrics_log.write(f"  eval: {row['prompt']!r} -> {row['generated']!r} (expected {row['expected']!r})")
+
+
+def _write_rollouts(step: int, parts: list[list[dict[str, Any]]], metrics_log: MetricsLogger, table_prompts: int,
+                    images: list[bytes | None]) -> None:
+    """A GRPO step's rollouts (every rank's, gathered) to rollouts/step_NNNNNNN.jsonl; the completions of the
+    first `table_prompts` prompts (rank 0's, whose first images, `images`, it holds) to W&B as a table with the
+    groundings drawn."""
+    if metrics_log.rank != 0:
+        return
+    rows = [{"step": step, "rank": rank, **row} for rank, part in enumerate(parts) for row in part]
+    metrics_log.predictions(step, rows, folder=ROLLOUTS_DIR)
+    if table_prompts and metrics_log.wandb is not None:
+        metrics_log.table("rollouts", rollout_table_rows(parts[0][:table_prompts], images), step)
 
 
 def _rss() -> int:

@@ -21,10 +21,12 @@ on one floor know nothing of each other. The floors are what the code needs, low
  5. factory (a model and a processor from a Config: config, model, processing, precision), the one factory the
     trainer, the objectives, the exporter and isaac-eval share.
  6. trained (a trained run's checkpoint read back into one process: factory, checkpoint, config).
- 7. objectives, export, eval: what uses models (the loss the loop optimises, isaac-export, isaac-eval); none of
-    them imports another (isaac-eval reads checkpoints through trained, not through export).
- 8. train (the loop and isaac-train: everything below).
- 9. demo (trains and evaluates the CPU demo: train, eval).
+ 7. export, eval: what uses models (isaac-export, isaac-eval); neither imports the other (isaac-eval reads
+    checkpoints through trained, not through export).
+ 8. objectives (the loss the loop optimises: GRPO samples with eval's batched generation and scores with
+    eval's scorers).
+ 9. train (the loop and isaac-train: everything below).
+10. demo (trains and evaluates the CPU demo: train, eval).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ FLOORS: list[tuple[str, ...]] = [
     ("config",),
     ("factory",),
     ("trained",),
-    ("objectives", "export", "eval"),
+    ("export", "eval"),
+    ("objectives",),
     ("train",),
     ("demo",),
 ]
