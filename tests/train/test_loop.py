@@ -88,11 +88,18 @@ def test_frozen_weights_stay_bit_identical_with_lora(train_shards, tmp_path):
     assert any(not torch.equal(after[k], initial[k]) for k in trained)
 
 
-@pytest.mark.parametrize("mode", ["full", "lora", "dpo"])
+GRPO = ["objective=grpo", "objective.num_generations=3", "objective.max_new_tokens=8", "objective.num_iterations=2",
+        "objective.beta=0.05", "objective.prompts_per_batch=2"]
+
+
+@pytest.mark.parametrize("mode", ["full", "lora", "dpo", "grpo"])
 def test_kill_9_and_resume_gives_bit_identical_weights(train_shards, tmp_path, mode):
-    """dpo: full fine-tuning on pairs, its frozen reference copy rebuilt from the starting weights on resume."""
+    """dpo: full fine-tuning on pairs, its frozen reference copy rebuilt from the starting weights on resume.
+    grpo: sampled rollouts (temperature 1) each optimised twice (num_iterations=2), so the checkpoint of step 3 is
+    taken between a rollout's two passes and must hold it; the KL term's frozen copy rebuilt on resume."""
     extra = {"full": [], "lora": ["peft=lora", "model.train_decoder=lora", "peft.dropout=0.1"],
-             "dpo": ["objective=dpo", f"data.train_shards={make_pair_shards(tmp_path / 'pairs', 40)}"]}[mode]
+             "dpo": ["objective=dpo", f"data.train_shards={make_pair_shards(tmp_path / 'pairs', 40)}"],
+             "grpo": GRPO}[mode]
     straight = tmp_path / "straight"
     run_train(tiny_overrides(train_shards, straight, *extra))  # in this process, one thread, as the CLI runs
     interrupted = tmp_path / "interrupted"
@@ -104,6 +111,11 @@ def test_kill_9_and_resume_gives_bit_identical_weights(train_shards, tmp_path, m
     b = load_file(interrupted / "checkpoints" / "latest" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert losses(straight) == losses(interrupted)
+    if mode == "grpo":  # the same rollouts, each step's once (the killed run's later ones cut back)
+        rollouts = [sorted((run / "rollouts").glob("step_*.jsonl")) for run in (straight, interrupted)]
+        assert [p.name for p in rollouts[0]] == [p.name for p in rollouts[1]] == [
+            f"step_{s:07d}.jsonl" for s in (1, 3, 5, 7)]
+        assert all(x.read_text() == y.read_text() for x, y in zip(*rollouts, strict=True))
 
 
 def test_sigterm_checkpoints_and_exits_for_requeue(train_shards, tmp_path):
