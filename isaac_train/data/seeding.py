@@ -10,6 +10,9 @@
   sample re-read from the packer's buffer at resume, and after a resume on another world size with the same
   readers. In the main process (data.num_workers=0) a sample's draws are made between saved and restored states,
   so data processing never moves the training process's own streams (dropout).
+- Each GRPO rollout (objectives/grpo.py): a prompt batch's completions are sampled from torch's generators seeded
+  from (train.seed, the addresses of its prompts), between saved and restored states: the same completions on any
+  number of processes and after any resume, and the training streams untouched.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch.utils.data import get_worker_info
 
 _U64 = (1 << 64) - 1
 WORKER_STREAM, SAMPLE_STREAM = 0x5EED_0001, 0x5EED_0002  # keep worker and sample seeds apart from each other
+ROLLOUT_STREAM = 0x5EED_0003  # objective=grpo: a prompt batch's sampling seed, from its prompts' addresses
 
 
 def derive_seed(*words: int) -> int:

@@ -136,9 +136,15 @@ class Strategy:
 
     def update(self, norm: float | None, loss_finite: bool = True) -> tuple[float, bool]:
         """After `clip`: step the optimizer and the schedule unless the loss or `norm` (as read) is not finite,
-        then clear the gradients. Returns (norm, applied)."""
+        then clear the gradients. Returns (norm, applied). A trainable weight the step gave no gradient (in one
+        process, a step without images leaves the vision tower and the projector none) steps with a zero one, as
+        under data parallelism, where every rank runs the vision tower: AdamW moves it by its momentum alike, and a
+        run's updates do not depend on how many processes share its batch."""
         applied = loss_finite and norm is not None and math.isfinite(norm)
         if applied:
+            for p in self.trainable():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -39,6 +39,12 @@ PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
                                                        "eval_rewards/margins")),
     ("reward_accuracy", "reward accuracy (chosen above rejected)", ("rewards/accuracies", "eval_rewards/accuracies")),
     ("logps", "log-probabilities of the answers", ("logps/*", "eval_logps/*")),
+    # objective=grpo (TRL's names)
+    ("reward", "reward (mean over completions; std within groups; groups tied)",
+     ("reward", "reward_std", "frac_reward_zero_std")),
+    ("step_time", "seconds per step: generation, scoring, log-probs, update", ("time/*",)),
+    ("completions", "completion length (tokens) and share cut at max_new_tokens",
+     ("completions/mean_length", "completions/clipped_ratio")),
 )
 
 _missing_reported = False  # draw_quietly says once per process that matplotlib is missing

@@ -13,8 +13,10 @@ A step, on every rank alike (verl's split of rollout from update):
               completion token from the packed layout, summed with the loss type's coefficients and divided by the
               step's global count (tokens, completions) as every objective's loss is (train/loop.py train_step)
 
-The rollout of a step is kept for num_iterations steps (objective.num_iterations): a checkpoint in between holds it
-(state_dict), with the loader's position and the sampling RNG, so a resume is bit-identical. Each rollout's rows
+A prompt batch's completions are sampled from generators seeded from its prompts' addresses (data/seeding.py), so
+they are the same on any number of processes and after a resume. The rollout of a step is kept for num_iterations
+steps (objective.num_iterations): a checkpoint in between holds it (state_dict) with the loader's position, so a
+resume is bit-identical. Each rollout's rows
 (prompt, completions, rewards, advantages) go to rollouts/step_NNNNNNN.jsonl and a W&B table.
 
 Reported (TRL's names): reward, reward_std, frac_reward_zero_std, rewards/<name>/mean, rewards/failures,
@@ -32,6 +34,7 @@ from typing import Any
 import torch
 
 from ..data.packing import PackedBatch
+from ..data.seeding import ROLLOUT_STREAM, derive_seed
 from ..model import isaac_of
 from .base import Objective, RunData
 from .dpo import disable_dropout
@@ -109,9 +112,7 @@ class GRPO(Objective):
         o, env = self.options, strategy.env
         model = isaac_of(strategy.eval_model)
         start = time.perf_counter()
-        sampled = [sample_completions(model, self.processor, b.prompts, o.num_generations, o.max_new_tokens,
-                                      o.temperature, o.top_p, synced=strategy.eval_on_all_ranks)
-                   for b in prompt_batches]
+        sampled = [self._sample(model, strategy, b) for b in prompt_batches]
         generated = time.perf_counter()
         failures_before = sum(self.rewards.failures.values())
         scores = [self.rewards.score_many([p.sample for p in b.prompts for _ in range(o.num_generations)], c.texts)
@@ -132,6 +133,16 @@ class GRPO(Objective):
         self.timing = {"time/generation_s": generated - start, "time/scoring_s": scored - generated,
                        "time/logps_s": time.perf_counter() - scored}
         return micro
+
+    def _sample(self, model, strategy, prompts_batch) -> Completions:
+        """The batch's completions, drawn from generators seeded from its prompts' addresses (data/seeding.py):
+        the same on any number of processes and after a resume; the training process's RNG streams untouched."""
+        o, device = self.options, strategy.env.device
+        seed = derive_seed(ROLLOUT_STREAM, self.cfg.train.seed, *(w for p in prompts_batch.prompts for w in p.address))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return sample_completions(model, self.processor, prompts_batch.prompts, o.num_generations,
+                                      o.max_new_tokens, o.temperature, o.top_p, synced=strategy.eval_on_all_ranks)
 
     def _micro_batch(self, strategy, prompts_batch, c: Completions, totals: list[float], parts: list[list[float]],
                      batch_std) -> tuple[PackedBatch, list[dict[str, Any]]]:
