@@ -29,7 +29,7 @@ def needs(paths) -> list[str]:
 
 def test_the_recipes_we_document_exist():
     assert {"demo_cpu", "sft_lora", "sft_full", "sft_unfreeze_vision", "caption_pretrain",
-            "interleaved_pretrain", "dpo_lora", "dpo_full"} <= set(RECIPES)
+            "interleaved_pretrain", "dpo_lora", "dpo_full", "grpo_grounding"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -70,6 +70,13 @@ def test_the_stable_keys_exist(paths, needs):
         (["train.eval_every=5", "data.demo=false", "data.train_shards=/d"], "data.eval_shards"),
         (["data.train_shards=[/a,/b]", "data.train_weights=[1.0]"], "data.train_weights"),
         (["strategy.name=zero4"], "strategy"),
+        (["objective=grpo", "objective.loss_type=sigmoid"], "objective.loss_type"),
+        (["objective=grpo", "objective.beta=0.1", "objective.reference=none"], "objective.reference"),
+        (["objective=grpo", "objective.rewards=[iou]"], "objective.rewards"),
+        (["objective=grpo", "objective.rewards=[exact,format]", "objective.reward_weights=[1.0]"],
+         "objective.reward_weights"),
+        (["objective=grpo", "objective.max_new_tokens=600", "train.seq_len=512"], "objective.max_new_tokens"),
+        (["objective=grpo", "objective.scale_rewards=true"], "objective.scale_rewards"),
     ],
 )
 def test_bad_settings_name_the_key(overrides, key):
