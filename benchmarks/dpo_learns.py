@@ -94,10 +94,10 @@ def run_train(overrides: list[str]) -> None:
     train(compose_config(overrides))
 
 
-def evaluate(model: Path, data: str, out: Path) -> dict:
+def evaluate(model: Path, data: str, out: Path, max_new_tokens: int = 24) -> dict:
     from isaac_train.eval.cli import main as isaac_eval
 
-    code = isaac_eval([str(model), data, str(out), "--batch-size", "16", "--max-new-tokens", "24"])
+    code = isaac_eval([str(model), data, str(out), "--batch-size", "16", "--max-new-tokens", str(max_new_tokens)])
     if code != 0:
         raise SystemExit(f"isaac-eval failed on {model} (exit {code})")
     return json.loads((out / "summary.json").read_text())

@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dpo_learns import evaluate, run_train  # noqa: E402  (the script's folder is on the path)
+
 TYPES = ("grounding", "count")
 
 
@@ -57,22 +59,6 @@ def make_data(out: Path, prompts: int, evals: int, types: tuple[str, ...], size:
             writer.write(f"{i:09d}", sample, [("0.png", png)])
         writer.close()
     return {"prompts": str(out / "prompts"), "eval": str(out / "eval")}
-
-
-def run_train(overrides: list[str]) -> None:
-    from isaac_train.train.cli import compose_config
-    from isaac_train.train.loop import train
-
-    train(compose_config(overrides))
-
-
-def evaluate(model: Path, data: str, out: Path) -> dict:
-    from isaac_train.eval.cli import main as isaac_eval
-
-    code = isaac_eval([str(model), data, str(out), "--batch-size", "16", "--max-new-tokens", "48"])
-    if code != 0:
-        raise SystemExit(f"isaac-eval failed on {model} (exit {code})")
-    return json.loads((out / "summary.json").read_text())
 
 
 def headline(summary: dict, task: str) -> tuple[str, float, float, float, float]:
@@ -131,8 +117,8 @@ def main() -> None:
     steps = [r for r in steps if "reward" in r]
 
     t = time.perf_counter()
-    before = evaluate(Path(sft), data["eval"], out / "eval_sft")
-    after = evaluate(run_dir / "hf", data["eval"], out / "eval_grpo")
+    before = evaluate(Path(sft), data["eval"], out / "eval_sft", max_new_tokens=48)
+    after = evaluate(run_dir / "hf", data["eval"], out / "eval_grpo", max_new_tokens=48)
     times["eval_s"] = round(time.perf_counter() - t, 1)
 
     rows = [(task, headline(before, task), headline(after, task)) for task in types]

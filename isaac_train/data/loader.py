@@ -212,6 +212,17 @@ class _Reader:
             self.state.usable[source] += 1
         return item
 
+    def _fill(self, full, add) -> None:
+        """Read the stream's next samples until `full()` or the stream ends, passing each usable one to `add`."""
+        while not full():
+            address = self._next_address()
+            if address is None:
+                return
+            self.state.seen += 1
+            item = self._load(address)
+            if item is not None:
+                add(item)
+
     def batches(self) -> Iterator[PackedBatch | PromptBatch]:
         if self.spec.prompts:
             yield from self._prompt_batches()
@@ -221,14 +232,7 @@ class _Reader:
             if item is not None:
                 self.packer.add(item)
         while True:
-            while not self.packer.ready():
-                address = self._next_address()
-                if address is None:
-                    break
-                self.state.seen += 1
-                item = self._load(address)
-                if item is not None:
-                    self.packer.add(item)
+            self._fill(self.packer.ready, self.packer.add)
             batch = self.packer.pop_batch()
             if batch is None:
                 return
@@ -245,14 +249,7 @@ class _Reader:
         the last, short batch of a finite stream is yielded as it is."""
         while True:
             prompts: list[PromptItem] = []
-            while len(prompts) < self.spec.rows_per_batch:
-                address = self._next_address()
-                if address is None:
-                    break
-                self.state.seen += 1
-                item = self._load(address)
-                if item is not None:
-                    prompts.append(item)
+            self._fill(lambda batch=prompts: len(batch) >= self.spec.rows_per_batch, prompts.append)
             if not prompts:
                 return
             self.state.batches += 1

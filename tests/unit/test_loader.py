@@ -150,3 +150,41 @@ def test_run_stops_past_the_error_rate(tmp_path, tiny_processor):
                           tiny_processor)
     with pytest.raises(RuntimeError, match="max_error_rate"):
         list(loader)
+
+
+def test_prompt_mode_every_prompt_once_resumable_and_too_long_counted(tmp_path, shards, tiny_processor):
+    """objective=grpo's prompt mode: every prompt once over 2 ranks x 2 workers, rows_per_batch prompts per
+    batch; a resume continues the stream; a prompt that leaves no room for the completion is skipped as too_long
+    and a document (no final answer) as such, both counted."""
+    ledger = []
+    for rank in range(2):
+        loader = PackedLoader(_spec(shards, num_workers=2, prompts=True, rows_per_batch=3, completion_room=16),
+                              tiny_processor, rank=rank, world_size=2)
+        batches = list(loader)
+        assert all(len(b.prompts) <= 3 for b in batches) and any(len(b.prompts) == 3 for b in batches)
+        assert all(b.prompts[0].sample.expected and b.prompts[0].events for b in batches)
+        ledger += _keys(batches)
+    assert len(ledger) == 60 and len(set(ledger)) == 60
+
+    spec = _spec(shards, num_workers=2, epochs=None, prompts=True, rows_per_batch=2, completion_room=16)
+    it = iter(PackedLoader(spec, tiny_processor))
+    reference = [next(it).sample_keys for _ in range(6)]
+    first = PackedLoader(spec, tiny_processor)
+    it = iter(first)
+    for _ in range(2):
+        next(it)
+    resumed = PackedLoader(spec, tiny_processor)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    it = iter(resumed)
+    assert [next(it).sample_keys for _ in range(4)] == reference[2:]
+
+    writer = ShardWriter(tmp_path / "mixed", prefix="m", max_count=10)
+    writer.write("short", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"}]})
+    writer.write("long", {"messages": [{"role": "user", "content": "word " * 300},
+                                       {"role": "assistant", "content": "yes"}]})
+    writer.write("doc", {"segments": [{"type": "text", "text": "a plain document"}]})
+    writer.close()
+    loader = PackedLoader(_spec(tmp_path / "mixed", prompts=True, rows_per_batch=4, completion_room=16),
+                          tiny_processor)
+    assert _keys(list(loader)) == ["unit/short"]
+    assert loader.skip_counts() == {"too_long": 1, "document": 1}
