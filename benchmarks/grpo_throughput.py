@@ -49,12 +49,18 @@ def make_prompts(out: Path, n: int) -> str:
     return str(out)
 
 
+def model_overrides(args) -> list[str]:
+    """The export to sample from, or the demo's small model (the tiny one with --tiny: the smoke test's)."""
+    if args.model:
+        return [f"model.pretrained={args.model}"]
+    return ["model=tiny", "model.attn_backend=sdpa", "train.seq_len=256"] if args.tiny else []
+
+
 def step_split(shards: str, out: Path, args) -> dict:
     from isaac_train.train.cli import compose_config
     from isaac_train.train.loop import train
 
-    model = [f"model.pretrained={args.model}"] if args.model else []
-    train(compose_config(["recipe=demo_cpu", *model, "data.demo=false", f"data.train_shards={shards}",
+    train(compose_config(["recipe=demo_cpu", *model_overrides(args), "data.demo=false", f"data.train_shards={shards}",
                           "objective=grpo", f"objective.num_generations={args.generations}",
                           f"objective.prompts_per_batch={args.prompts_per_batch}",
                           f"objective.max_new_tokens={args.max_new_tokens}", f"train.grad_accum={args.grad_accum}",
@@ -83,8 +89,8 @@ def batched_vs_one(shards: str, args) -> dict:
     from isaac_train.objectives.rollout import sample_completions
     from isaac_train.train.cli import compose_config
 
-    model_args = [f"model.pretrained={args.model}"] if args.model else []
-    cfg = compose_config(["recipe=demo_cpu", *model_args, "data.demo=false", f"data.train_shards={shards}"])
+    cfg = compose_config(["recipe=demo_cpu", *model_overrides(args), "data.demo=false", f"data.train_shards={shards}",
+                          "train.eval_every=0"])
     config = model_config(cfg)
     processor = build_processor(cfg, config)
     model = model_factory(cfg, config)("cpu").eval()
@@ -114,7 +120,7 @@ def batched_vs_one(shards: str, args) -> dict:
             "same_tokens": same}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="an exported model to sample from (default: the demo model, untrained)")
     p.add_argument("--steps", type=int, default=12)
@@ -123,8 +129,9 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--tiny", action="store_true", help="the tiny model and sizes (the smoke test; no timing)")
     p.add_argument("--json", type=Path)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_prompts(Path(tmp) / "prompts", 400)
         split = step_split(shards, Path(tmp) / "run", args)
@@ -141,6 +148,7 @@ def main() -> None:
           f"(same tokens: {batched['same_tokens']})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
 
 
 if __name__ == "__main__":
