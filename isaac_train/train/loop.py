@@ -82,7 +82,8 @@ def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     ident = {"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data, "seq_len": cfg.train.seq_len,
              "seed": cfg.train.seed, "micro_batches_per_step": cfg.train.grad_accum * world_size}
     if cfg.objective.name != "sft":  # (sft checkpoints from before objectives existed still resume)
-        ident["objective"] = dataclasses.asdict(cfg.objective)
+        ident["objective"] = {k: v for k, v in dataclasses.asdict(cfg.objective).items()
+                              if k != "rollout_table_rows"}  # what is shown, not what is trained
     return json.loads(json.dumps(ident, default=str))
 
 
