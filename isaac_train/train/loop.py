@@ -72,6 +72,14 @@ class TrainingDiverged(RuntimeError):
     """Too many steps in a row were not finite; the last checkpoint holds the last good weights."""
 
 
+# the objective settings only one objective reads (config/schema.py ObjectiveConfig)
+DPO_ONLY = frozenset({"label_smoothing", "simpo_gamma", "rpo_alpha", "vision_per_pair", "precompute_reference",
+                      "reference_logps"})
+GRPO_ONLY = frozenset({"num_generations", "prompts_per_batch", "max_new_tokens", "temperature", "top_p", "epsilon",
+                       "epsilon_high", "scale_rewards", "num_iterations", "drop_equal_groups",
+                       "mask_truncated_completions", "rewards", "reward_weights", "rollout_table_rows"})
+
+
 def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     """What a resumed run must share with the checkpoint (the model, the data it sees, the global batch: the
     number of processes may change when processes x grad_accum stays the same)."""
@@ -82,8 +90,9 @@ def identity(cfg: Config, world_size: int = 1) -> dict[str, Any]:
     ident = {"model": model, "peft": dataclasses.asdict(cfg.peft), "data": data, "seq_len": cfg.train.seq_len,
              "seed": cfg.train.seed, "micro_batches_per_step": cfg.train.grad_accum * world_size}
     if cfg.objective.name != "sft":  # (sft checkpoints from before objectives existed still resume)
+        other = GRPO_ONLY if cfg.objective.name == "dpo" else DPO_ONLY  # (dpo checkpoints from before grpo too)
         ident["objective"] = {k: v for k, v in dataclasses.asdict(cfg.objective).items()
-                              if k != "rollout_table_rows"}  # what is shown, not what is trained
+                              if k not in other and k != "rollout_table_rows"}  # shown in W&B, not trained
     return json.loads(json.dumps(ident, default=str))
 
 

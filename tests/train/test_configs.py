@@ -93,3 +93,16 @@ def test_cfg_job_prints_the_resolved_config(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "train_decoder: lora" in out.stdout and "pretrained: /ckpt/Isaac-0.1" in out.stdout
     assert not any(Path(tmp_path).iterdir()), "a dry run writes nothing"
+
+
+def test_dpo_checkpoints_from_before_grpo_keep_their_identity():
+    """A resume compares the checkpoint's identity with the run's: objective=dpo's holds the settings dpo reads,
+    as checkpoints written before objective=grpo existed do, and grpo's its own (no dpo-only ones)."""
+    from isaac_train.train.loop import identity
+
+    dpo = identity(compose_config(["objective=dpo"]))["objective"]
+    assert set(dpo) == {"name", "loss_type", "beta", "label_smoothing", "simpo_gamma", "rpo_alpha", "reference",
+                        "vision_per_pair", "disable_dropout", "precompute_reference", "reference_logps"}
+    grpo = identity(compose_config(["objective=grpo"]))["objective"]
+    assert {"num_generations", "rewards", "epsilon"} <= set(grpo) and "rpo_alpha" not in grpo
+    assert "rollout_table_rows" not in grpo  # what W&B shows may change on resume
