@@ -162,7 +162,10 @@ def test_auto_picks_per_sample():
     text = sample("Paris")
     rewards = Rewards()
     assert rewards.names == ["auto"]
-    assert rewards.score(ONE, box(50, 0, 150, 100))[0] == pytest.approx(1 / 3)  # grounding
+    # grounding: F1 at IoU 0.5, so IoU 1/3 (the `grounding` reward's value) earns nothing and IoU 0.8 a hit
+    assert rewards.score(ONE, box(50, 0, 150, 100))[0] == 0.0
+    assert rewards.score(ONE, box(0, 0, 100, 80))[0] == 1.0
+    assert rewards.score(ONE, box(0, 0, 100, 80) + " " + box(300, 300, 400, 400))[0] == pytest.approx(2 / 3)
     assert rewards.score(choice, "green")[0] == 1.0  # choice: the option's text
     assert rewards.score(text, "paris.")[0] == 1.0  # exact
     assert rewards.score(text, "Paris is the capital")[0] == 0.0  # exact, not contains
