@@ -1,5 +1,5 @@
 """objective=grpo through the loop: grounding prompts made by `isaac-data make-shards --format coco`, the
-grpo_grounding recipe's rewards (grounding IoU + format) under LoRA with its adapters disabled as the KL term's
+grpo_grounding recipe's rewards (hits at IoU 0.5, IoU, format) under LoRA with its adapters disabled as the KL term's
 reference, bf16 frozen weights, periodic evaluation, an offline W&B run with the rollouts table, the export and
 isaac-eval afterwards; and a step in which every group tied (drop_equal_groups) updates nothing."""
 
@@ -32,26 +32,28 @@ def test_grpo_grounding_from_coco_to_an_evaluated_export(tmp_path, monkeypatch):
                      "--workers", "1"]) == 0
     run = tmp_path / "run"
     train(compose_config(tiny_overrides(
-        shards, run, *GRPO, "objective.rewards=[grounding,format]", "objective.reward_weights=[1.0,0.1]",
+        shards, run, *GRPO, "objective.rewards=[grounding_f1,grounding,format]",
+        "objective.reward_weights=[1.0,0.2,0.1]",
         "objective.beta=0.04", "peft=lora", "model.train_projector=false", "train.precision=bf16",
         "train.max_steps=3", "train.eval_every=3", f"data.eval_shards={shards}", "train.eval_batches=1",
         "train.eval_samples=4", "train.eval_max_new_tokens=12", "logging.wandb=offline", "run.export=true")))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
-    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "rewards/grounding/mean",
+    for key in ("loss", "reward", "reward_std", "frac_reward_zero_std", "rewards/grounding_f1/mean",
+                "rewards/grounding/mean",
                 "rewards/format/mean", "rewards/failures", "kl", "completions/mean_length",
                 "completions/clipped_ratio", "clip_ratio/region_mean", "time/generation_s", "time/scoring_s",
                 "time/logps_s", "time/update_s"):
         assert key in steps[-1], key
     assert steps[0]["kl"] == 0.0  # the adapters-disabled reference is the policy at the start (LoRA's B is zero)
     for s in steps:
-        total = s["rewards/grounding/mean"] + 0.1 * s["rewards/format/mean"]
-        assert abs(s["reward"] - total) < 1e-6  # the weighted sum of the two rewards
+        total = s["rewards/grounding_f1/mean"] + 0.2 * s["rewards/grounding/mean"] + 0.1 * s["rewards/format/mean"]
+        assert abs(s["reward"] - total) < 1e-6  # the weighted sum of the recipe's rewards
     assert any("eval/recall@0.5" in r for r in records)  # periodic evaluation with the grounding metrics
     rows = [json.loads(line) for line in (run / "rollouts" / "step_0000003.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(len(r["completions"]) == 4 and r["task"] == "detection" for r in rows)
-    assert all(set(r["reward_parts"]) == {"grounding", "format"} for r in rows)
+    assert all(set(r["reward_parts"]) == {"grounding_f1", "grounding", "format"} for r in rows)
     for plot in ("reward.png", "step_time.png", "completions.png"):
         assert (run / "plots" / plot).is_file(), plot
     assert any((run / "wandb").rglob("*.wandb")), "an offline W&B run was written"
