@@ -220,8 +220,9 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
             label_tokens, tokens, stopping = step.label_tokens, step.tokens, step.stopping
             grad_norm, applied = step.grad_norm, step.applied
             state.step += 1
-            state.skips_in_a_row = 0 if applied else state.skips_in_a_row + 1
-            state.skipped_steps += 0 if applied else 1
+            skipped = not applied and not step.empty  # not finite (an empty grpo step is no fault)
+            state.skips_in_a_row = state.skips_in_a_row + 1 if skipped else 0
+            state.skipped_steps += skipped
             state.tokens += int(tokens)
             state.label_tokens += label_tokens
             state.samples += sum(len(row) for b in micro for row in b.sample_keys)
@@ -231,8 +232,6 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
             if cfg.logging.ledger:
                 metrics_log.ledger(state.step, env.gather([k for b in micro for row in b.sample_keys for k in row]))
             if step.empty:  # grpo: every group's rewards tied and were left out (objective.drop_equal_groups)
-                state.skips_in_a_row = 0
-                state.skipped_steps -= 1
                 metrics_log.write(f"step {state.step}: no completion carried a learning signal (every group's rewards "
                                   "were equal and objective.drop_equal_groups left them out): nothing updated")
             elif not applied:
@@ -369,15 +368,15 @@ def train_step(strategy: Strategy, env, micro: list, clip_grad_norm: float | Non
     count, label_tokens, tokens, stopping, broken = read[:5]
     loss, stat_sums, grad_norm = read[5], dict(zip(objective.stat_names, read[6:-1], strict=True)), read[-1]
     done = dict(count=int(count), stats=stat_sums)
+    if broken > 0:  # this step ran on weights the previous update broke: update nothing, the loop stops
+        return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, False,
+                          previous_update_nonfinite=True, **done)
     if count == 0:
         if not objective.empty_steps:
             raise RuntimeError(f"a step has no {'label tokens' if objective.name == 'sft' else 'preference pairs'} "
                                "at all: check the data (isaac-data validate)")
         strategy.update(None, False)  # the gradients (all zero) are dropped; weights, optimizer, schedule stay
         return StepResult(0.0, int(label_tokens), int(tokens), stopping > 0, 0.0, False, empty=True, **done)
-    if broken > 0:  # this step ran on weights the previous update broke: update nothing, the loop stops
-        return StepResult(loss, int(label_tokens), int(tokens), stopping > 0, grad_norm, False,
-                          previous_update_nonfinite=True, **done)
     # not finite on any rank: nothing is updated, on every rank alike
     grad_norm, applied = strategy.update(grad_norm if norm is not None else None, math.isfinite(loss))
     flag = strategy.nonfinite_weights() if applied else None
