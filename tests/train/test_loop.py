@@ -89,14 +89,15 @@ def test_frozen_weights_stay_bit_identical_with_lora(train_shards, tmp_path):
 
 
 GRPO = ["objective=grpo", "objective.num_generations=3", "objective.max_new_tokens=8", "objective.num_iterations=2",
-        "objective.beta=0.05", "objective.prompts_per_batch=2"]
+        "objective.beta=0.05", "objective.prompts_per_batch=2", "model.train_vision=all"]
 
 
 @pytest.mark.parametrize("mode", ["full", "lora", "dpo", "grpo"])
 def test_kill_9_and_resume_gives_bit_identical_weights(train_shards, tmp_path, mode):
     """dpo: full fine-tuning on pairs, its frozen reference copy rebuilt from the starting weights on resume.
     grpo: sampled rollouts (temperature 1) each optimised twice (num_iterations=2), so the checkpoint of step 3 is
-    taken between a rollout's two passes and must hold it; the KL term's frozen copy rebuilt on resume."""
+    taken between a rollout's two passes and must hold it; the KL term's frozen copy rebuilt on resume; the vision
+    tower trains too."""
     extra = {"full": [], "lora": ["peft=lora", "model.train_decoder=lora", "peft.dropout=0.1"],
              "dpo": ["objective=dpo", f"data.train_shards={make_pair_shards(tmp_path / 'pairs', 40)}"],
              "grpo": GRPO}[mode]
