@@ -18,8 +18,9 @@ intervals.
    `--prompts-per-batch` prompts x `--generations` completions at `--temperature`, everything trained (as the
    demo trains), then exported.
 4. `isaac-eval` (greedy) of the start and of the GRPO export on the same held-out samples. Reported per question
-   type: box recall@0.5 (grounding) and exact match (count), each with its 95% Wilson interval and count, and the
-   run's first and last mean rewards.
+   type: box recall@0.5 (grounding) and exact match (count), each with its 95% Wilson interval and count, the
+   run's first and last mean rewards, and how varied the greedy box answers are (distinct answers, the most common
+   one's share: a model that answers every box question with one box has not learnt to look).
 
 CPU, 2 cores (OMP_NUM_THREADS=1 when anything else runs): ~1 s per step for this model size with 4 x 8 completions.
 """
@@ -66,6 +67,21 @@ def headline(summary: dict, task: str) -> tuple[str, float, float, float, float]
     sub = summary["by_task"][task]
     m = sub["grounding"]["recall@0.5"] if task == "grounding" else sub["exact_match"]
     return ("recall@0.5" if task == "grounding" else "exact_match"), m["value"], m["ci95"][0], m["ci95"][1], m["n"]
+
+
+def box_answers(eval_dir: Path) -> dict:
+    """How varied the greedy box answers are: distinct boxes and the most common one's share (a model that
+    answers every box question with one box has not learnt to look)."""
+    import collections
+
+    from isaac_train.processing.grounding import parse_grounding
+
+    rows = [json.loads(line) for line in (eval_dir / "predictions.jsonl").read_text().splitlines()]
+    boxes = collections.Counter(" ".join(str(g.points) for g in parse_grounding(r["generated"])) or "(no box)"
+                                for r in rows if r.get("task") == "grounding")  # the coordinates, not the mention
+    total = sum(boxes.values())
+    top, count = boxes.most_common(1)[0] if boxes else ("", 0)
+    return {"distinct": len(boxes), "top_share": count / total if total else 0.0, "top": top}
 
 
 def main() -> None:
@@ -122,11 +138,12 @@ def main() -> None:
     times["eval_s"] = round(time.perf_counter() - t, 1)
 
     rows = [(task, headline(before, task), headline(after, task)) for task in types]
+    boxes = {"before": box_answers(out / "eval_sft"), "after": box_answers(out / "eval_grpo")}
     window = min(10, len(steps))
     first = sum(r["reward"] for r in steps[:window]) / window
     last = sum(r["reward"] for r in steps[-window:]) / window
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "start": str(sft), "times": times,
-              "reward_first10": first, "reward_last10": last,
+              "reward_first10": first, "reward_last10": last, "box_answers": boxes,
               "scores": {task: {"metric": a[0], "before": list(a[1:]), "after": list(b[1:])} for task, a, b in rows},
               "total_s": round(time.perf_counter() - start_time, 1)}
     print(f"\nGRPO from {sft}: {args.steps} steps x {args.prompts_per_batch} prompts x {args.generations} completions "
@@ -136,6 +153,10 @@ def main() -> None:
     for task, a, b in rows:
         print(f"| {task} | {a[0]} | {a[1]:.1%} ({a[2]:.1%}-{a[3]:.1%}) | {b[1]:.1%} ({b[2]:.1%}-{b[3]:.1%}) | "
               f"{int(a[4])} |")
+    if "grounding" in types:
+        for when, b in boxes.items():
+            print(f"box answers {when}: {b['distinct']} distinct boxes, the most common in {b['top_share']:.0%} "
+                  f"of them {b['top']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
 
