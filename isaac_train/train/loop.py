@@ -242,8 +242,9 @@ def _train(cfg: Config, run_dir: Path, env, stop: StopFlag, lock: RunLock) -> Tr
                                 objective.row_images)
 
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps or not applied:
-                last = {"loss": step.loss, **objective.metrics(step.stats, step.count), **objective.step_metrics(),
-                        "time/update_s": update_s, "lr": strategy.lr(),
+                rollout = objective.step_metrics()  # grpo: the rollout's timings, beside the update's
+                last = {"loss": step.loss, **objective.metrics(step.stats, step.count), **rollout,
+                        **({"time/update_s": update_s} if objective.prompts else {}), "lr": strategy.lr(),
                         "grad_norm": grad_norm,
                         "skipped_steps": state.skipped_steps, **window.record(loader.data_wait_s),
                         "tokens": state.tokens, "samples": state.samples, "skipped": _skip_counts(loader, env),

@@ -127,14 +127,16 @@ def test_validate_and_the_loader_count_images_over_the_limit(tmp_path, tiny_proc
     # At the default the fingerprint is the one the loader computed before the setting existed (its formula at
     # the time, below), so checkpoints written then still resume.
     shard_set = ShardSet(str(tmp_path / "shards"))
-    stream = {k: v for k, v in asdict(default.spec).items() if k not in (  # (pairs came later still: objective=dpo)
+    stream = {k: v for k, v in asdict(default.spec).items() if k not in (  # (pairs came later still: objective=dpo,
         "num_workers", "prefetch_factor", "max_error_rate", "min_samples_for_error_rate", "max_image_pixels",
-        "pairs", "shared_pair_images")}
+        "pairs", "shared_pair_images", "prompts", "completion_room")}  # and prompts later: objective=grpo)
     stream["sources"] = [(s.name, s.weight, shard_set.fingerprint()) for s in spec.sources]
     assert default.fingerprint == hashlib.sha256(json.dumps(stream, sort_keys=True, default=str).encode()
                                                  ).hexdigest()[:16]
     pairs = PackedLoader(LoaderSpec(**{**default.spec.__dict__, "pairs": True}), tiny_processor)
     assert pairs.fingerprint != default.fingerprint  # the same shards read as preference pairs are another stream
+    prompts = PackedLoader(LoaderSpec(**{**default.spec.__dict__, "prompts": True}), tiny_processor)
+    assert prompts.fingerprint not in (default.fingerprint, pairs.fingerprint)  # and as prompts, another again
 
 
 def test_isaac_eval_skips_and_counts_a_bomb(tmp_path):
