@@ -1,7 +1,7 @@
 """Every strategy trains like one process: 2 gloo processes (torchrun) on the same global batch as one process.
 
 One process with 2 loader workers and grad_accum=2 reads exactly what 2 ranks with 1 worker each read in one step
-(readers are numbered rank * workers + worker), so the losses must agree (fp32, 1e-5) for 20 steps (sft) or 8
+(readers are numbered rank * workers + worker), so the losses must agree (fp32, 1e-5) for 12 steps (sft) or 8
 (objective=dpo on preference pairs, with its frozen reference copy placed by the strategy, or LoRA's adapters
 disabled, under ddp, fsdp and zero3), or 4 (objective=grpo: the same completions sampled, at temperature 1, and
 each prompt's group answered exactly once, whether by one process or two generating in step under sharded weights;
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.timeout(900)
 
-STEPS = {"full": 20, "lora": 20, "dpo_copy": 8, "dpo_lora": 8, "dpo_table": 8, "grpo": 4, "grpo_lora": 4}
+# sft 12 steps: measured, the loss falls 1.11 (full) and 0.27 (lora) from step 1, past the 0.2 that shows training
+STEPS = {"full": 12, "lora": 12, "dpo_copy": 8, "dpo_lora": 8, "dpo_table": 8, "grpo": 4, "grpo_lora": 4}
 # dropout 0: dropout masks depend on how samples are spread over processes
 LORA = ["peft=lora", "model.train_decoder=lora", "model.train_vision=all", "peft.dropout=0"]
 DPO = ["objective=dpo"]
