@@ -53,19 +53,29 @@ def _device(model: torch.nn.Module) -> torch.device:
 def generate_batch(model, processor, samples: Sequence[EvalSample], max_new_tokens: int = 64,
                    do_sample: bool = False, synced: bool = False, **sampling: Any) -> list[str]:
     """The answers to `samples`, generated together in one left-padded batch."""
-    device = _device(model)
     prompts = [processor.apply_chat_template(s.messages, add_generation_prompt=True) for s in samples]
     images = [[PIL.Image.open(io.BytesIO(b)) for b in s.images] for s in samples]
     batch = processor(text=prompts, images=images if any(images) else None)
+    new = generate_new_tokens(model, batch, processor.tokenizer, max_new_tokens, synced=synced, do_sample=do_sample,
+                              **sampling)
+    return [text.strip() for text in processor.post_process_image_text_to_text(new)]
+
+
+@torch.no_grad()
+def generate_new_tokens(model, batch, tokenizer, max_new_tokens: int, synced: bool = False,
+                        **sampling: Any) -> torch.Tensor:
+    """`model.generate` on a processor batch (moved to the model's device), stopping at eos: the generated ids
+    after the prompt, (rows, new), padded with pad_token_id. With `synced` (sharded weights) every rank steps until
+    all are done and runs the vision tower in the prefill, whether its batch has images. What isaac-eval's answers
+    and GRPO's rollouts (objectives/rollout.py) share."""
+    device = _device(model)
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    tokenizer = processor.tokenizer
-    if synced:  # sharded weights: every rank runs the vision tower in the prefill, whether its batch has images
+    if synced:
         sampling["keep_vision_graph"] = True
     with _autocast(model, device):
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=do_sample, synced_gpus=synced,
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, synced_gpus=synced,
                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
-    new = out[:, batch["input_ids"].shape[1]:]
-    return [text.strip() for text in processor.post_process_image_text_to_text(new)]
+    return out[:, batch["input_ids"].shape[1]:]
 
 
 def generate_answers(model, processor, samples: Sequence[EvalSample], batch_size: int = 8, max_new_tokens: int = 64,

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.packing import PackedBatch, PackItem, build_batch, item_from_sample, select_row
+from ..data.packing import PackedBatch, Packer, item_from_sample
 from ..data.prompts import PromptItem
-from ..eval.generate import _autocast
+from ..eval.generate import generate_new_tokens
 from ..processing.processor import IGNORE_INDEX, EncodedSample
 from ..processing.tensor_stream import Event, TensorStream
 
@@ -48,23 +48,16 @@ class Completions:
 def sample_completions(model, processor, prompts: Sequence[PromptItem], group_size: int, max_new_tokens: int,
                        temperature: float = 1.0, top_p: float = 1.0, synced: bool = False) -> Completions:
     """`group_size` completions of every prompt, generated together (see the module docstring)."""
-    device = next(model.parameters()).device
     batch = processor.batch_events([p.events for p in prompts for _ in range(group_size)])
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     tokenizer = processor.tokenizer
     sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0
                 else {"do_sample": False})
-    if synced:  # sharded weights: every rank runs the vision tower in the prefill, whether its batch has images
-        sampling["keep_vision_graph"] = True
     was_training = model.training
     model.eval()
     try:
-        with _autocast(model, device):
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, synced_gpus=synced,
-                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sampling)
+        new = generate_new_tokens(model, batch, tokenizer, max_new_tokens, synced=synced, **sampling).tolist()
     finally:
         model.train(was_training)
-    new = out[:, batch["input_ids"].shape[1]:].tolist()
     ids, truncated = [], []
     for row in new:
         end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else None
@@ -91,22 +84,16 @@ def completion_batch(prompts: Sequence[PromptItem], completions: Completions, ke
                      pad_id: int, image_token_id: int) -> PackedBatch:
     """The kept completions as documents packed best-fit into rows of `seq_len` (as many rows as they need); the
     k-th kept completion is label group k. At least one completion must be kept."""
-    items: list[PackItem] = []
+    packer = Packer(seq_len, rows=max(len(kept), 1), pad_id=pad_id, buffer_size=max(len(kept), 1))
     for index, (ids, keep) in enumerate(zip(completions.ids, kept, strict=True)):
         if not keep:
             continue
         prompt = prompts[index // completions.group_size]
         item = item_from_sample(completion_sample(prompt, ids, image_token_id), prompt.address,
                                 f"{prompt.key}#{index % completions.group_size}")
-        item.group = len(items)
-        if item.length > seq_len:
-            raise ValueError(f"a completion of {prompt.key} makes {item.length} tokens, over train.seq_len={seq_len}")
-        items.append(item)
-    if not items:
+        item.group = len(packer.waiting)
+        packer.add(item)  # refuses a document over seq_len, naming it
+    batch = packer.pop_batch()  # every kept completion, best-fit into as many rows as they need
+    if batch is None:
         raise ValueError("completion_batch needs at least one kept completion")
-    rows, waiting = [], items
-    while waiting:
-        idx = select_row([w.length for w in waiting], [w.patches for w in waiting], seq_len, None)
-        rows.append([waiting[i] for i in idx])
-        waiting = [w for i, w in enumerate(waiting) if i not in set(idx)]
-    return build_batch(rows, seq_len, pad_id)  # label groups by each item's `group` (group_by_segment)
+    return batch  # label groups by each item's `group` (build_batch's group_by_segment)
